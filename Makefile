@@ -1,0 +1,14 @@
+# `make demo` and `make test` are the two commands the README promises.
+PYTHON ?= python3
+
+.PHONY: install demo test
+
+install:
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet -e ".[test]"
+
+demo: install
+	repfusion demo
+
+test: install
+	$(PYTHON) -m pytest -q

@@ -1,0 +1,36 @@
+"""Batched augmentation on the training device (kornia), applied after the batch is transferred."""
+
+from __future__ import annotations
+
+import kornia.augmentation as K
+import torch
+from torch import nn
+
+
+class BatchAugment(nn.Module):
+    """uint8 batch -> float [0, 1]; random crop with padding and horizontal flip when training."""
+
+    def __init__(self, image_size: int, crop_padding: int = 4, flip: bool = True) -> None:
+        super().__init__()
+        ops: list[nn.Module] = []
+        if crop_padding > 0:
+            ops.append(K.RandomCrop((image_size, image_size), padding=crop_padding))
+        if flip:
+            ops.append(K.RandomHorizontalFlip())
+        self.augment = K.AugmentationSequential(*ops) if ops else nn.Identity()
+
+    def forward(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        return self.augment(x) if train else x
+
+
+class Normalize(nn.Module):
+    """Per-network pixel normalisation: students take mean/std-normalised pixels, teachers [-1, 1]."""
+
+    def __init__(self, mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5)) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std

@@ -1,0 +1,78 @@
+"""In-memory and on-disk image datasets; every item is (uint8 C x H x W tensor, int label)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from ..errors import RepFusionError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class TensorImageDataset(Dataset):
+    """Images already decoded into one uint8 tensor (CIFAR, digits)."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+def read_image(path: Path, image_size: int | None) -> torch.Tensor:
+    """Decode one file to uint8 RGB C x H x W; a corrupt file is a one-sentence error naming it."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if image_size is not None and img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise RepFusionError(f"Image file {path} is corrupt or truncated ({e}); remove or replace it.") from None
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+class FileImageDataset(Dataset):
+    """Images read from disk on access, resized to a common square size."""
+
+    def __init__(self, files: list[Path], labels: list[int], classes: list[str], image_size: int | None) -> None:
+        self.files, self.labels, self.classes, self.image_size = files, labels, classes, image_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return read_image(self.files[index], self.image_size), self.labels[index]
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def image_folder(root: str | Path, image_size: int | None = None) -> FileImageDataset:
+    """One sub-folder per class (the torchvision ImageFolder layout); labels follow sorted folder names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RepFusionError(f"Dataset folder {root} does not exist; give a folder with one sub-folder per class.")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files, labels = [], []
+    for index, name in enumerate(classes):
+        found = image_files(root / name)
+        files += found
+        labels += [index] * len(found)
+    if not files:
+        raise RepFusionError(
+            f"Dataset folder {root} holds no images in class sub-folders; put each class's images in root/<class>/."
+        )
+    return FileImageDataset(files, labels, classes, image_size)

@@ -1,0 +1,43 @@
+"""`repfusion layers`: every hookable module of a teacher or student with its output shape."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import RepFusionError
+from .features import output_shapes
+
+
+def format_table(rows: list[tuple[str, str, tuple[int, ...] | None]]) -> str:
+    width = max(len(name) for name, _, _ in rows)
+    kinds = max(len(kind) for _, kind, _ in rows)
+    lines = [f"{'layer':<{width}}  {'type':<{kinds}}  output shape", "-" * (width + kinds + 16)]
+    for name, kind, shape in rows:
+        if shape is None and kind in ("ModuleList", "ModuleDict", "Sequential"):
+            continue
+        shown = "x".join(map(str, shape)) if shape else "(not called)"
+        lines.append(f"{name:<{width}}  {kind:<{kinds}}  {shown}")
+    return "\n".join(lines)
+
+
+def list_layers(teacher: str | None = None, student: str | None = None, image_size: int | None = None,
+                width: float = 1.0) -> str:
+    if teacher is not None:
+        from .teachers import DiffusionTeacher
+
+        t = DiffusionTeacher.from_source(teacher, image_size=image_size)
+        size = image_size or t.sample_size
+        t.check_input((1, t.in_channels, size, size))
+        x = torch.zeros(1, t.in_channels, size, size)
+        rows = output_shapes(t.unet, lambda: t.unet(x, torch.zeros(1, dtype=torch.long)))
+        header = f"teacher {teacher} at {size}x{size}, {t.num_timesteps} timesteps"
+    elif student is not None:
+        from .students import build_student
+
+        s = build_student(student, width=width, num_classes=10)
+        size = image_size or s.default_image_size
+        rows = output_shapes(s, lambda: s(torch.zeros(2, 3, size, size)))
+        header = f"student {student} (width {width}) at {size}x{size}; default feature layer: {s.feature_layer}"
+    else:
+        raise RepFusionError("Give --teacher or --student to list its layers.")
+    return header + "\n" + format_table(rows)

@@ -1,0 +1,31 @@
+"""The one base class of every LightningModule here: on-device augmentation and the shared optimiser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from .data.augment import BatchAugment
+from .training import OptimConfig, configure_optimization
+
+
+class Stage(pl.LightningModule):
+    """Batches arrive as uint8; they become float [0, 1] (augmented when training) on the device."""
+
+    def __init__(self, image_size: int, optim: OptimConfig, crop_padding: int = 4, flip: bool = True) -> None:
+        super().__init__()
+        self.optim = optim
+        self.augment = BatchAugment(image_size, crop_padding, flip)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        return self.augment(images, train=self.trainer.training), labels
+
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
+        return self.parameters()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return configure_optimization(self.trainable_parameters(), self.optim, max(1, self.trainer.max_epochs or 1))

@@ -1,0 +1,47 @@
+"""`repfusion teacher`: train (or continue training) a DDPM and save it with save_pretrained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from ..data import DataConfig, ImageDataModule
+from ..training import OptimConfig, TrainerConfig, build_trainer, resume_path
+from .ddpm_training import DDPMTraining, export_teacher, sample_grid
+from .loading import load_unet_and_scheduler
+
+
+@dataclass
+class TeacherRun:
+    """teacher: a preset (random init) or a folder/hub id to fine-tune; the result lands in run_dir/teacher."""
+
+    teacher: str = "tiny-16"
+    data: DataConfig = field(default_factory=lambda: DataConfig(crop_padding=0))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adamw", lr=2e-4, weight_decay=0.0,
+                                                                    schedule="constant"))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_epochs=20, ema_decay=0.999))
+    samples: int = 16
+    sample_steps: int = 50
+
+
+def train_teacher(cfg: TeacherRun, run_dir: Path, resume: bool = False) -> Path:
+    """Fit the DDPM, export EMA weights + scheduler to run_dir/teacher, and draw a sample grid."""
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    datamodule = ImageDataModule(cfg.data)
+    channels, size, _ = datamodule.sample_shape()
+    unet, scheduler = load_unet_and_scheduler(cfg.teacher, image_size=size)
+    from .diffusion_teacher import DiffusionTeacher
+
+    DiffusionTeacher(unet, scheduler).check_input((1, channels, size, size))
+    unet.requires_grad_(True).train()
+    module = DDPMTraining(unet, scheduler, cfg.optim, image_size=size)
+    trainer = build_trainer(cfg.trainer, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(run_dir, resume), weights_only=True)
+    out = run_dir / "teacher"
+    if trainer.is_global_zero:
+        export_teacher(module.unet, scheduler, out)
+        if cfg.samples > 0:
+            sample_grid(module.unet, scheduler, run_dir / "samples.png", cfg.samples, cfg.sample_steps)
+    return out

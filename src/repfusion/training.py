@@ -1,0 +1,168 @@
+"""Infrastructure shared by every stage: optimiser/schedule, Trainer, checkpoints, EMA, NaN guard."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from .errors import RepFusionError
+
+
+@dataclass
+class OptimConfig:
+    """One optimiser and schedule for all stages (the paper: SGD 0.1, momentum 0.9, wd 1e-4, x0.1 steps).
+
+    milestones are epochs; when absent they sit at 50 % and 75 % of max_epochs (100/150 of 200).
+    """
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    schedule: str = "step"
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise RepFusionError(f"optim.name must be one of sgd, adam, adamw, not '{cfg.name}'.")
+
+
+def lr_factor(epoch: int, cfg: OptimConfig, max_epochs: int) -> float:
+    """Multiplier of the base learning rate at a given epoch."""
+    warm = min(1.0, (epoch + 1) / cfg.warmup_epochs) if cfg.warmup_epochs > 0 else 1.0
+    if cfg.schedule == "constant":
+        return warm
+    if cfg.schedule == "cosine":
+        return warm * 0.5 * (1 + math.cos(math.pi * min(epoch, max_epochs) / max(1, max_epochs)))
+    if cfg.schedule == "step":
+        milestones = cfg.milestones or [max(1, round(max_epochs * 0.5)), max(1, round(max_epochs * 0.75))]
+        return warm * cfg.gamma ** sum(epoch >= m for m in milestones)
+    raise RepFusionError(f"optim.schedule must be one of step, cosine, constant, not '{cfg.schedule}'.")
+
+
+def configure_optimization(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, max_epochs: int) -> dict[str, Any]:
+    """What `LightningModule.configure_optimizers` returns: optimiser plus a per-epoch schedule."""
+    optimizer = build_optimizer(params, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, cfg, max_epochs))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings (multi-GPU: devices, num_nodes, strategy=ddp; see the README)."""
+
+    max_epochs: int = 200
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    deterministic: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    ema_decay: float | None = 0.999
+    limit_train_batches: float | int | None = None
+    limit_val_batches: float | int | None = None
+    check_val_every_n_epoch: int = 1
+    checkpoint_every_n_steps: int | None = None
+    log_every_n_steps: int = 10
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class NonFiniteLossGuard(Callback):
+    """Stop at the first NaN/inf loss, naming the step; checkpoints already written stay as they are."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss.detach()).all():
+            raise RepFusionError(
+                f"The training loss became {loss.item()} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                "the run stopped and its last good checkpoint is kept: lower optim.lr or check the data."
+            )
+
+
+class ChannelsLast(Callback):
+    """Put conv weights in channels-last memory format, which speeds up bf16 convolutions on GPUs."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.to(memory_format=torch.channels_last)
+
+
+def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "max",
+                  callbacks: list[Callback] | None = None) -> pl.Trainer:
+    """A Trainer that writes checkpoints/last.ckpt (+ best.ckpt), metrics.csv and progress to run_dir."""
+    ckpt_dir = run_dir / "checkpoints"
+    cbs: list[Callback] = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_last=False, save_top_k=1,
+                        every_n_train_steps=cfg.checkpoint_every_n_steps, enable_version_counter=False),
+        NonFiniteLossGuard(),
+    ]
+    if monitor is not None:
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                                   enable_version_counter=False))
+    if cfg.ema_decay is not None:
+        cbs.append(EMAWeightAveraging(decay=cfg.ema_decay))
+    if cfg.channels_last:
+        cbs.append(ChannelsLast())
+    if cfg.progress:
+        cbs.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
+    cbs += callbacks or []
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*The number of training batches.*")
+    return pl.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=cfg.max_epochs,
+        max_steps=cfg.max_steps,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        deterministic=cfg.deterministic,
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches,
+        check_val_every_n_epoch=cfg.check_val_every_n_epoch,
+        log_every_n_steps=cfg.log_every_n_steps,
+        logger=CSVLogger(save_dir=run_dir, name="", version=""),
+        callbacks=cbs,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        **cfg.extra,
+    )
+
+
+def resume_path(run_dir: Path, resume: bool) -> str | None:
+    """last.ckpt of an interrupted run when --resume is given; a fresh run refuses to overwrite one."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.exists():
+            raise RepFusionError(f"--resume was given but {last} does not exist; drop --resume to start afresh.")
+        return str(last)
+    if last.exists():
+        raise RepFusionError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir."
+        )
+    return None
