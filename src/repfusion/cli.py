@@ -21,6 +21,18 @@ def _teacher(argv: list[str]) -> None:
     print(f"Teacher saved to {out} (load it with --teacher {out}); samples in {run_dir / 'samples.png'}")
 
 
+def _distill(argv: list[str]) -> None:
+    from .config import config_parser, parse_config, save_resolved
+    from .distill.run import DistillRun, run_distillation
+
+    parser = config_parser("repfusion distill", DistillRun, "RepFusion pre-training of a student from a DPM teacher.")
+    run = parse_config(parser, DistillRun, argv)
+    run_dir = run.run_dir or Path("runs/distill")
+    save_resolved(parser, run.namespace, run_dir / "config.yaml")
+    out = run_distillation(run.config, run_dir, run.resume)
+    print(f"Distilled student saved to {out}; fine-tune it with: repfusion finetune --init {out}")
+
+
 def _layers(argv: list[str]) -> None:
     from .layers import list_layers
 
@@ -36,6 +48,7 @@ def _layers(argv: list[str]) -> None:
 
 VERBS = {
     "teacher": (_teacher, "train a DDPM teacher"),
+    "distill": (_distill, "RepFusion distillation of a student from a teacher"),
     "layers": (_layers, "list a teacher's or student's layers with output shapes"),
 }
 

@@ -111,6 +111,19 @@ class ChannelsLast(Callback):
         pl_module.to(memory_format=torch.channels_last)
 
 
+# Lightning's advice that does not apply to this design (frozen eval-mode teacher, on-device augmentation).
+QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*The number of training batches.*",
+    ".*module\\(s\\) in eval mode.*",
+    ".*overridden `on_after_batch_transfer`.*",
+    ".*LeafSpec.*",
+    ".*WeightAveraging.*",
+    ".*Checkpoint directory.*exists and is not empty.*",
+    ".*sync_dist=True.*",
+)
+
+
 def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "max",
                   callbacks: list[Callback] | None = None) -> pl.Trainer:
     """A Trainer that writes checkpoints/last.ckpt (+ best.ckpt), metrics.csv and progress to run_dir."""
@@ -130,8 +143,8 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
     if cfg.progress:
         cbs.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
     cbs += callbacks or []
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*The number of training batches.*")
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message)
     return pl.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.max_epochs,

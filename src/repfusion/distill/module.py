@@ -1,0 +1,110 @@
+"""The RepFusion distillation stage as one LightningModule whose training step reads like the paper.
+
+    t ~ pi(t | x)                          (or fixed / uniform / decaying)
+    L = kd_weight * D(adapt(f_S(x)), f_T(x, t)) + CE(head(f_T(x, t)), y) + L_policy
+    L_policy = -mean(log pi(t|x) * r) - lambda * H(pi(.|x)),   r = -CE(head(f_T(x, t)), y)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.augment import Normalize
+from ..features import FeatureTap
+from ..teachers import DiffusionTeacher
+from ..training import OptimConfig
+from ..stage import Stage
+from .timesteps import TimestepStrategy
+
+HISTOGRAM_BINS = 20
+
+
+class Distillation(Stage):
+    """Receives built parts; the teacher is frozen, out of the optimiser and out of checkpoints."""
+
+    def __init__(self, teacher: DiffusionTeacher, student: nn.Module, distill_loss: nn.Module,
+                 timesteps: TimestepStrategy, reward_head: nn.Module, optim: OptimConfig, image_size: int,
+                 teacher_layer: str, student_layer: str, noise_mode: str = "clean", kd_weight: float = 1.0,
+                 normalize: Normalize | None = None, crop_padding: int = 4, flip: bool = True) -> None:
+        super().__init__(image_size, optim, crop_padding, flip)
+        self.teacher = teacher
+        self.student = student
+        self.distill_loss = distill_loss
+        self.timesteps = timesteps
+        self.reward_head = reward_head
+        self.normalize = normalize or Normalize()
+        self.teacher_layer, self.student_layer = teacher_layer, student_layer
+        self.noise_mode, self.kd_weight = noise_mode, kd_weight
+        self.t_counts = torch.zeros(HISTOGRAM_BINS)
+        self.t_history: list[list[float]] = []
+
+    def trainable_parameters(self):
+        return (p for name, p in self.named_parameters() if not name.startswith("teacher."))
+
+    def student_features(self, x: torch.Tensor) -> torch.Tensor:
+        with FeatureTap(self.student, [self.student_layer]) as tap:
+            self.student(x)
+            return tap.pop()[self.student_layer]
+
+    def teacher_features(self, images01: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.teacher.eval()
+        return self.teacher(images01 * 2 - 1, t, (self.teacher_layer,), self.noise_mode)[self.teacher_layer]
+
+    def epoch_progress(self, batch_idx: int) -> float:
+        batches = self.trainer.num_training_batches if self._trainer is not None else 0
+        batches = batches if isinstance(batches, int) and batches > 0 else 1
+        return self.current_epoch + batch_idx / batches
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        epoch = self.epoch_progress(batch_idx)
+        student_input = self.normalize(images)
+        # 1. choose t per image, 2. read the teacher at t and the student
+        draw = self.timesteps.sample(student_input, epoch)
+        teacher_feature = self.teacher_features(images, draw.t)
+        student_feature = self.student_features(student_input)
+        # 3. distil, 4. train the task head, 5. REINFORCE with r = -head loss
+        distill = self.distill_loss(student_feature, teacher_feature)
+        head = self.reward_head(teacher_feature, student_feature, labels)
+        head_loss = head.per_image_loss.mean()
+        policy, policy_logs = self.timesteps.policy_loss(draw, -head.per_image_loss.detach(), epoch)
+        loss = self.kd_weight * distill + head_loss + policy
+
+        self.t_counts += torch.histc(draw.t.float().cpu(), HISTOGRAM_BINS, 0, self.teacher.num_timesteps)
+        logs = {"train/loss": loss, "train/distill": distill, "train/head_loss": head_loss, "train/policy": policy,
+                "train/t_mean": draw.t.float().mean()}
+        logs |= {f"train/distill_{k}": v for k, v in self.distill_loss.terms.items()}
+        logs |= {f"train/{k}": v for k, v in policy_logs.items()}
+        if head.correct is not None:
+            logs["train/head_acc"] = head.correct.float().mean()
+        self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(images))
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        student_input = self.normalize(images)
+        t = self.timesteps.greedy(student_input, float(self.current_epoch))
+        teacher_feature = self.teacher_features(images, t)
+        student_feature = self.student_features(student_input)
+        head = self.reward_head(teacher_feature, student_feature, labels)
+        logs = {"val/distill": self.distill_loss(student_feature, teacher_feature), "val/t_mean": t.float().mean()}
+        if head.correct is not None:
+            logs["val/head_acc"] = head.correct.float().mean()
+        self.log_dict(logs, prog_bar=True, sync_dist=True, batch_size=len(images))
+
+    def on_train_epoch_end(self) -> None:
+        counts = self.t_counts.to(self.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum") if self.trainer.world_size > 1 else counts
+        total = counts.sum().clamp(min=1)
+        self.t_history.append((counts / total).cpu().tolist())
+        self.t_counts.zero_()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["t_history"] = self.t_history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.t_history = [list(map(float, row)) for row in checkpoint.get("t_history", [])]

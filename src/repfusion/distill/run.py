@@ -1,0 +1,124 @@
+"""`repfusion distill`: build the parts from a config, fit, export the student backbone and plots."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ..analysis.plots import plot_curves, plot_timestep_history
+from ..data import DataConfig, ImageDataModule, Normalize
+from ..errors import RepFusionError
+from ..features import resolve_modules
+from ..io import replace_dir, staging_dir, write_json
+from ..students import build_student
+from ..teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher
+from ..training import OptimConfig, TrainerConfig, build_trainer, resume_path
+from .losses import build_loss
+from .module import Distillation
+from .rewards import build_reward
+from .timesteps import TimestepConfig, build_strategy
+
+
+@dataclass
+class TeacherSection:
+    """source: preset name, save_pretrained folder or hub id (google/ddpm-cifar10-32)."""
+
+    source: str = "tiny-16"
+    layer: str = DEFAULT_TEACHER_LAYER
+    noise_mode: str = "clean"
+    allow_other_size: bool = False
+
+
+@dataclass
+class StudentSection:
+    """arch: a registered student name (`repfusion layers --student NAME`); layer defaults to the last stage."""
+
+    arch: str = "resnet18_cifar"
+    width: float = 1.0
+    layer: str | None = None
+
+
+@dataclass
+class LossSection:
+    """name: hint | at | rkd | cosine | l1; options go to the loss (e.g. mode: dense, weight: 1000)."""
+
+    name: str = "hint"
+    kd_weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistillRun:
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    loss: LossSection = field(default_factory=LossSection)
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
+    reward: str = "label"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(ema_decay=0.999))
+
+
+def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distillation:
+    """Every part built and checked against the data's shape before any training step."""
+    channels, height, width = datamodule.sample_shape()
+    if cfg.teacher.noise_mode not in ("clean", "noised"):
+        raise RepFusionError(f"teacher.noise_mode must be 'clean' or 'noised', not '{cfg.teacher.noise_mode}'.")
+    teacher = DiffusionTeacher.from_source(cfg.teacher.source)
+    teacher.check_input((1, channels, height, width), require_native_size=not cfg.teacher.allow_other_size)
+    resolve_modules(teacher.unet, [cfg.teacher.layer], kind="teacher layer")
+    student = build_student(cfg.student.arch, cfg.student.width, num_classes=0, in_channels=channels)
+    student_layer = cfg.student.layer or student.feature_layer
+    resolve_modules(student, [student_layer], kind="student layer")
+
+    teacher_shape = teacher.feature_shape(cfg.teacher.layer, height)
+    probe = Distillation(teacher, student, torch.nn.Identity(), build_strategy(TimestepConfig("fixed"), 1000),
+                         torch.nn.Identity(), cfg.optim, height, cfg.teacher.layer, student_layer)
+    with torch.no_grad():
+        student.eval()
+        student_shape = tuple(probe.student_features(torch.zeros(2, channels, height, width)).shape[1:])
+        student.train()
+    loss = build_loss(cfg.loss.name, student_shape, teacher_shape, **cfg.loss.options)
+    with torch.no_grad():  # alignment check on dummy tensors: a mismatch fails here, not mid-epoch
+        loss(torch.zeros(2, *student_shape), torch.zeros(2, *teacher_shape))
+    reward = build_reward(cfg.reward, teacher_shape[0], student_shape[0], datamodule.num_classes)
+    return Distillation(
+        teacher, student, loss, build_strategy(cfg.timesteps, teacher.num_timesteps), reward, cfg.optim, height,
+        cfg.teacher.layer, student_layer, cfg.teacher.noise_mode, cfg.loss.kd_weight,
+        Normalize(cfg.data.mean, cfg.data.std), cfg.data.crop_padding, cfg.data.flip,
+    )
+
+
+def export_student(module: Distillation, cfg: DistillRun, out: Path) -> Path:
+    """The backbone (safetensors + config.json naming arch and width) plus how it was distilled."""
+    tmp = staging_dir(out)
+    module.student.save_pretrained(tmp, safe_serialization=True)
+    write_json(tmp / "distillation.json", {
+        "teacher": asdict(cfg.teacher), "student": asdict(cfg.student), "loss": asdict(cfg.loss),
+        "timesteps": asdict(cfg.timesteps), "reward": cfg.reward,
+        "final_t_distribution": module.t_history[-1] if module.t_history else None,
+    })
+    return replace_dir(tmp, out)
+
+
+def run_distillation(cfg: DistillRun, run_dir: Path, resume: bool = False) -> Path:
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    datamodule = ImageDataModule(cfg.data)
+    module = build_distillation(cfg, datamodule)
+    trainer = build_trainer(cfg.trainer, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(run_dir, resume), weights_only=True)
+    out = run_dir / "student"
+    if trainer.is_global_zero:
+        export_student(module, cfg, out)
+        write_json(run_dir / "timesteps.json", {"bins": len(module.t_history[0]) if module.t_history else 0,
+                                                 "num_timesteps": module.teacher.num_timesteps,
+                                                 "history": module.t_history})
+        plot_timestep_history(module.t_history, module.teacher.num_timesteps, run_dir / "timesteps.png")
+        plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
+                    ["train/distill", "train/head_loss", "train/head_acc", "train/entropy", "train/t_mean"],
+                    title=f"distillation ({cfg.loss.name}, {cfg.timesteps.strategy})")
+    return out

@@ -1,0 +1,172 @@
+"""How the teacher's timestep is chosen per image: fixed, uniform, decaying T_max, or a learned policy.
+
+Every strategy maps a batch of (student-normalised) images and the training progress in epochs to a
+`TimestepDraw`; only the reinforced policy has a loss (REINFORCE + entropy bonus).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import RepFusionError
+from ..registry import Registry
+
+STRATEGIES: Registry[type[nn.Module]] = Registry("timestep strategy")
+
+
+@dataclass
+class TimestepDraw:
+    t: torch.Tensor  # (B,) long
+    log_prob: torch.Tensor | None = None  # (B,) log pi(t | x), with grad
+    entropy: torch.Tensor | None = None  # (B,) H(pi(. | x))
+    probs: torch.Tensor | None = None  # (B, T) pi(. | x), detached
+
+
+@dataclass
+class TimestepConfig:
+    """strategy: fixed | uniform | decay | reinforced.
+
+    fixed uses `t`; uniform draws below `t_max`; decay lowers T_max linearly from `t_max` to `t_max_end`
+    over `decay_epochs`; reinforced learns pi(t | x) with the entropy weight going linearly from
+    `entropy_weight` to 0 over `entropy_decay_epochs`, and `baseline` none (the paper), batch_mean or ema.
+    """
+
+    strategy: str = "reinforced"
+    t: int = 0
+    t_max: int | None = None
+    t_max_end: int = 50
+    decay_epochs: float = 100.0
+    entropy_weight: float = 0.1
+    entropy_decay_epochs: float = 100.0
+    baseline: str = "none"
+    baseline_momentum: float = 0.9
+    policy_arch: str = "lenet"
+
+
+class TimestepStrategy(nn.Module):
+    def __init__(self, cfg: TimestepConfig, num_timesteps: int) -> None:
+        super().__init__()
+        self.cfg, self.num_timesteps = cfg, num_timesteps
+
+    def sample(self, images: torch.Tensor, epoch: float) -> TimestepDraw:
+        raise NotImplementedError
+
+    def greedy(self, images: torch.Tensor, epoch: float) -> torch.Tensor:
+        """A deterministic choice for validation."""
+        return self.sample(images, epoch).t
+
+    def policy_loss(self, draw: TimestepDraw, reward: torch.Tensor, epoch: float) -> tuple[torch.Tensor, dict]:
+        return reward.new_zeros(()), {}
+
+
+@STRATEGIES.register(name="fixed")
+class FixedTimestep(TimestepStrategy):
+    def __init__(self, cfg: TimestepConfig, num_timesteps: int) -> None:
+        super().__init__(cfg, num_timesteps)
+        if not 0 <= cfg.t < num_timesteps:
+            raise RepFusionError(f"timesteps.t must lie in [0, {num_timesteps}), not {cfg.t}.")
+
+    def sample(self, images: torch.Tensor, epoch: float) -> TimestepDraw:
+        return TimestepDraw(torch.full((images.shape[0],), self.cfg.t, dtype=torch.long, device=images.device))
+
+
+@STRATEGIES.register(name="uniform")
+class UniformTimestep(TimestepStrategy):
+    def t_max(self, epoch: float) -> int:
+        return min(self.cfg.t_max or self.num_timesteps, self.num_timesteps)
+
+    def sample(self, images: torch.Tensor, epoch: float) -> TimestepDraw:
+        high = max(1, self.t_max(epoch))
+        return TimestepDraw(torch.randint(0, high, (images.shape[0],), device=images.device))
+
+    def greedy(self, images: torch.Tensor, epoch: float) -> torch.Tensor:
+        return torch.full((images.shape[0],), self.t_max(epoch) // 2, dtype=torch.long, device=images.device)
+
+
+@STRATEGIES.register(name="decay")
+class DecayingTimestep(UniformTimestep):
+    """The reference's option: T_max falls linearly (1000 -> 50 by epoch 100), then stays."""
+
+    def t_max(self, epoch: float) -> int:
+        start = min(self.cfg.t_max or self.num_timesteps, self.num_timesteps)
+        frac = min(1.0, epoch / max(self.cfg.decay_epochs, 1e-9))
+        return int(round(start + (self.cfg.t_max_end - start) * frac))
+
+
+class LeNetPolicy(nn.Module):
+    """The paper's 32x32 policy: conv5x5 3->6, pool, conv5x5 6->16, pool, fc 400-120-84-T.
+
+    Other input sizes are resized to 32x32 first, so the same network serves every dataset.
+    """
+
+    def __init__(self, num_timesteps: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, num_timesteps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (32, 32):
+            x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x.flatten(1))))))
+
+
+@STRATEGIES.register(name="reinforced")
+class ReinforcedTimestep(TimestepStrategy):
+    """pi(t | x) = softmax(policy(x)); loss = -mean(log pi(t|x) (r - b)) - lambda(epoch) mean H(pi(.|x))."""
+
+    def __init__(self, cfg: TimestepConfig, num_timesteps: int) -> None:
+        super().__init__(cfg, num_timesteps)
+        if cfg.policy_arch != "lenet":
+            raise RepFusionError(f"timesteps.policy_arch must be 'lenet', not '{cfg.policy_arch}'.")
+        if cfg.baseline not in ("none", "batch_mean", "ema"):
+            raise RepFusionError(f"timesteps.baseline must be none, batch_mean or ema, not '{cfg.baseline}'.")
+        self.policy = LeNetPolicy(num_timesteps)
+        self.register_buffer("reward_average", torch.zeros(()))
+        self.register_buffer("reward_seen", torch.zeros((), dtype=torch.bool))
+
+    def distribution(self, images: torch.Tensor) -> torch.distributions.Categorical:
+        return torch.distributions.Categorical(logits=self.policy(images).float())
+
+    def sample(self, images: torch.Tensor, epoch: float) -> TimestepDraw:
+        dist = self.distribution(images)
+        t = dist.sample()
+        return TimestepDraw(t, dist.log_prob(t), dist.entropy(), dist.probs.detach())
+
+    def greedy(self, images: torch.Tensor, epoch: float) -> torch.Tensor:
+        return self.distribution(images).probs.argmax(-1)
+
+    def entropy_weight(self, epoch: float) -> float:
+        frac = min(1.0, epoch / max(self.cfg.entropy_decay_epochs, 1e-9))
+        return self.cfg.entropy_weight * (1 - frac)
+
+    def baseline(self, reward: torch.Tensor) -> torch.Tensor:
+        if self.cfg.baseline == "batch_mean":
+            return reward.mean()
+        if self.cfg.baseline == "ema":
+            value = torch.where(self.reward_seen, self.reward_average, reward.mean())
+            with torch.no_grad():
+                m = self.cfg.baseline_momentum
+                self.reward_average.copy_(m * value + (1 - m) * reward.mean())
+                self.reward_seen.fill_(True)
+            return value
+        return reward.new_zeros(())
+
+    def policy_loss(self, draw: TimestepDraw, reward: torch.Tensor, epoch: float) -> tuple[torch.Tensor, dict]:
+        assert draw.log_prob is not None and draw.entropy is not None
+        advantage = (reward - self.baseline(reward)).detach()
+        reinforce = -(draw.log_prob * advantage).mean()
+        weight = self.entropy_weight(epoch)
+        entropy = draw.entropy.mean()
+        return reinforce - weight * entropy, {"reinforce": reinforce.detach(), "entropy": entropy.detach(),
+                                              "entropy_weight": torch.tensor(weight)}
+
+
+def build_strategy(cfg: TimestepConfig, num_timesteps: int) -> TimestepStrategy:
+    return STRATEGIES.get(cfg.strategy)(cfg, num_timesteps)
