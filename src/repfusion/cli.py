@@ -33,6 +33,19 @@ def _distill(argv: list[str]) -> None:
     print(f"Distilled student saved to {out}; fine-tune it with: repfusion finetune --init {out}")
 
 
+def _finetune(argv: list[str]) -> None:
+    from .config import config_parser, parse_config, save_resolved
+    from .tasks.finetune import FinetuneRun, run_finetune
+
+    parser = config_parser("repfusion finetune", FinetuneRun, "Classification fine-tuning (init: null = scratch).")
+    run = parse_config(parser, FinetuneRun, argv)
+    run_dir = run.run_dir or Path("runs/finetune")
+    save_resolved(parser, run.namespace, run_dir / "config.yaml")
+    results = run_finetune(run.config, run_dir, run.resume)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()))
+    print(f"Test results ({run.config.init or 'scratch'}): {shown}; model saved to {run_dir / 'model'}")
+
+
 def _layers(argv: list[str]) -> None:
     from .layers import list_layers
 
@@ -49,6 +62,7 @@ def _layers(argv: list[str]) -> None:
 VERBS = {
     "teacher": (_teacher, "train a DDPM teacher"),
     "distill": (_distill, "RepFusion distillation of a student from a teacher"),
+    "finetune": (_finetune, "fine-tune a distilled student (or train from scratch)"),
     "layers": (_layers, "list a teacher's or student's layers with output shapes"),
 }
 

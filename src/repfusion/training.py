@@ -121,6 +121,7 @@ QUIET_WARNINGS = (
     ".*WeightAveraging.*",
     ".*Checkpoint directory.*exists and is not empty.*",
     ".*sync_dist=True.*",
+    ".*Experiment logs directory.*",
 )
 
 

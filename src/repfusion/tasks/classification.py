@@ -1,0 +1,61 @@
+"""Image classification: fine-tuning a distilled backbone, or the same network from scratch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..data.augment import Normalize
+from ..stage import Stage
+from ..training import OptimConfig
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    return MetricCollection({
+        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+        "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+    }, prefix=prefix)
+
+
+class Classification(Stage):
+    """Cross-entropy on the student's logits; top-1/top-5 from torchmetrics, reduced across ranks."""
+
+    def __init__(self, model: nn.Module, num_classes: int, optim: OptimConfig, image_size: int,
+                 normalize: Normalize | None = None, crop_padding: int = 4, flip: bool = True,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(image_size, optim, crop_padding, flip)
+        self.model = model
+        self.normalize = normalize or Normalize()
+        self.label_smoothing = label_smoothing
+        self.train_metrics = accuracy_metrics(num_classes, "train/")
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        self.test_metrics = accuracy_metrics(num_classes, "test/")
+
+    def forward(self, images01: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(images01))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        self.train_metrics.update(logits.detach(), labels)
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=len(images))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, prefix: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.log(f"{prefix}loss", F.cross_entropy(logits, labels), sync_dist=True, batch_size=len(images))
+        metrics.update(logits, labels)
+        self.log_dict(metrics, prog_bar=True, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val/")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test/")

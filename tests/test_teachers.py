@@ -1,0 +1,134 @@
+import pytest
+import torch
+
+from repfusion.errors import RepFusionError
+from repfusion.teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher, unet_from_preset
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_ddpm_cifar10_preset_is_the_hub_architecture():
+    unet = unet_from_preset("ddpm-cifar10-32")
+    assert n_params(unet) == 35_746_307
+    assert tuple(unet.config.block_out_channels) == (128, 256, 256, 256)
+    teacher = DiffusionTeacher(unet, __import__("repfusion").teachers.default_scheduler())
+    assert teacher.feature_shape(DEFAULT_TEACHER_LAYER) == (256, 4, 4)
+
+
+def test_celebahq_preset_mid_block_width():
+    unet = unet_from_preset("ddpm-ema-celebahq-256")
+    assert unet.mid_block.resnets[1].conv2.out_channels == 512
+    assert 113e6 < n_params(unet) < 114.5e6
+
+
+def test_truncated_features_equal_full_forward_exactly():
+    teacher = DiffusionTeacher.from_source("ddpm-cifar10-32")
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    t = torch.tensor([0, 10, 999])
+    layers = ("down_blocks.1.attentions.0", DEFAULT_TEACHER_LAYER, "mid_block.resnets.1.nonlinearity")
+    truncated = teacher(x, t, layers)
+    full = teacher(x, t, layers, truncate=False)
+    for name in layers:
+        assert torch.equal(truncated[name], full[name])
+
+
+def test_truncation_skips_the_decoder():
+    teacher = DiffusionTeacher.from_source("tiny-16")
+    x, t = torch.zeros(2, 3, 16, 16), torch.zeros(2, dtype=torch.long)
+    teacher(x, t)  # the first call traces the execution order once
+    calls = []
+    teacher.unet.up_blocks[0].register_forward_hook(lambda *a: calls.append("up"))
+    teacher.unet.conv_out.register_forward_hook(lambda *a: calls.append("out"))
+    teacher.unet.mid_block.register_forward_pre_hook(lambda *a: calls.append("mid"))
+    teacher(x, t)
+    assert calls == ["mid"]
+
+
+def test_shared_activation_module_gives_its_last_call():
+    teacher = DiffusionTeacher.from_source("tiny-16")
+    x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([5, 500])
+    a = teacher(x, t, ("mid_block.resnets.0.nonlinearity",))["mid_block.resnets.0.nonlinearity"]
+    b = teacher(x, t, ("mid_block.resnets.0.nonlinearity",), truncate=False)["mid_block.resnets.0.nonlinearity"]
+    assert torch.equal(a, b)
+
+
+def test_clean_and_noised_modes():
+    teacher = DiffusionTeacher.from_source("tiny-16")
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    t = torch.tensor([300, 300])
+    noise = torch.randn_like(x)
+    clean = teacher(x, t)[DEFAULT_TEACHER_LAYER]
+    noised = teacher(x, t, noise_mode="noised", noise=noise)[DEFAULT_TEACHER_LAYER]
+    by_hand = teacher(teacher.scheduler.add_noise(x, noise, t), t)[DEFAULT_TEACHER_LAYER]
+    assert torch.equal(noised, by_hand)
+    assert not torch.allclose(clean, noised)
+    abar = teacher.scheduler.alphas_cumprod[300]
+    assert torch.allclose(teacher.noised(x, t, noise), abar.sqrt() * x + (1 - abar).sqrt() * noise, atol=1e-6)
+
+
+def test_timestep_changes_clean_features():
+    teacher = DiffusionTeacher.from_source("tiny-16")
+    x = torch.rand(1, 3, 16, 16).repeat(2, 1, 1, 1)
+    f = teacher(x, torch.tensor([0, 900]))[DEFAULT_TEACHER_LAYER]
+    assert not torch.allclose(f[0], f[1])
+
+
+def test_teacher_is_frozen_and_out_of_state_dict():
+    teacher = DiffusionTeacher.from_source("tiny-16")
+    teacher.train()
+    assert not teacher.unet.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    out = teacher(torch.rand(2, 3, 16, 16), torch.tensor([1, 2]))[DEFAULT_TEACHER_LAYER]
+    assert not out.requires_grad
+    assert teacher.state_dict() == {}
+    wrapper = torch.nn.ModuleDict({"teacher": teacher, "head": torch.nn.Linear(2, 2)})
+    state = wrapper.state_dict()
+    assert set(state) == {"head.weight", "head.bias"}
+    wrapper.load_state_dict(state)  # strict load succeeds without the teacher's weights
+
+
+def test_load_from_save_pretrained_folder(tiny_teacher_dir):
+    teacher = DiffusionTeacher.from_source(str(tiny_teacher_dir))
+    again = DiffusionTeacher.from_source(str(tiny_teacher_dir))
+    x, t = torch.rand(2, 3, 16, 16), torch.tensor([0, 100])
+    assert torch.equal(teacher(x, t)[DEFAULT_TEACHER_LAYER], again(x, t)[DEFAULT_TEACHER_LAYER])
+    assert teacher.num_timesteps == 1000
+
+
+def test_hub_id_goes_through_from_pretrained(monkeypatch):
+    from diffusers import UNet2DModel
+
+    seen = {}
+
+    def fake(source, **kwargs):
+        seen["source"] = source
+        return unet_from_preset("tiny-16")
+
+    monkeypatch.setattr(UNet2DModel, "from_pretrained", fake)
+    DiffusionTeacher.from_source("google/ddpm-cifar10-32")
+    assert seen["source"] == "google/ddpm-cifar10-32"
+
+
+def test_unknown_layer_names_closest():
+    teacher = DiffusionTeacher.from_source("tiny-16")
+    with pytest.raises(RepFusionError, match="mid_block.resnets.1.conv2"):
+        teacher(torch.zeros(1, 3, 16, 16), torch.zeros(1, dtype=torch.long), ("mid_block.resnet.1.conv2",))
+
+
+@pytest.mark.parametrize("source", ["no-such-preset", "./missing/folder"])
+def test_unknown_teacher_is_one_sentence(source):
+    with pytest.raises(RepFusionError) as err:
+        DiffusionTeacher.from_source(source)
+    assert "\n" not in str(err.value)
+
+
+def test_input_checks():
+    teacher = DiffusionTeacher.from_source("tiny-16")
+    with pytest.raises(RepFusionError, match="3-channel"):
+        teacher.check_input((1, 1, 16, 16))
+    with pytest.raises(RepFusionError, match="multiples of 2"):
+        teacher.check_input((1, 3, 15, 15))
+    with pytest.raises(RepFusionError, match="trained on 16x16"):
+        teacher.check_input((1, 3, 32, 32), require_native_size=True)
