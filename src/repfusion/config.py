@@ -31,7 +31,7 @@ def config_parser(prog: str, schema: type, description: str) -> ArgumentParser:
 def _explain(parser: ArgumentParser, message: str) -> str:
     """Turn jsonargparse's multi-line message into one sentence with 'did you mean'."""
     first = message.strip().splitlines()[0].rstrip(":")
-    match = re.search(r"does not accept option '([^']+)'|Unrecognized arguments: --?(\S+)", message)
+    match = re.search(r"does not accept option '([^']+)'|[Uu]nrecognized arguments: --?(\S+)", message)
     if match:
         bad = match.group(1) or match.group(2)
         group = re.search(r"Group '([^']+)'", message)
