@@ -46,6 +46,48 @@ def _finetune(argv: list[str]) -> None:
     print(f"Test results ({run.config.init or 'scratch'}): {shown}; model saved to {run_dir / 'model'}")
 
 
+def _demo(argv: list[str]) -> None:
+    from .demo import DemoConfig, quick, run_demo
+
+    parser = argparse.ArgumentParser(prog="repfusion demo", description="The whole pipeline on embedded data.")
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="One epoch per stage (a smoke run).")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = DemoConfig(out=args.out, seeds=args.seeds, progress=not args.no_progress)
+    run_demo(quick(cfg) if args.quick else cfg)
+
+
+def _probe(argv: list[str]) -> None:
+    from .analysis.probe import ProbeConfig, run_probe
+    from .data import DataConfig, build_split
+    from .teachers import DiffusionTeacher
+
+    parser = argparse.ArgumentParser(prog="repfusion probe", description="Linear probe / effective rank per t.")
+    parser.add_argument("--teacher", required=True, help="Preset, save_pretrained folder or hub id.")
+    parser.add_argument("--data", default="digits", help="digits | cifar | folder | tiny-imagenet")
+    parser.add_argument("--root", default=None, help="Dataset folder (not needed for digits).")
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=ProbeConfig().timesteps)
+    parser.add_argument("--modes", nargs="+", default=["clean", "noised"], choices=["clean", "noised"])
+    parser.add_argument("--layer", default=ProbeConfig().layer)
+    parser.add_argument("--out", default="runs/probe")
+    args = parser.parse_args(argv)
+    teacher = DiffusionTeacher.from_source(args.teacher)
+    data = DataConfig(source=args.data, root=args.root, image_size=args.image_size or teacher.sample_size)
+    train, test = build_split(data, train=True), build_split(data, train=False)
+    sample = train[0][0]
+    teacher.check_input((1, *sample.shape))
+    bad = [t for t in args.timesteps if not 0 <= t < teacher.num_timesteps]
+    if bad:
+        raise RepFusionError(f"Timestep {bad[0]} is outside [0, {teacher.num_timesteps}); pick smaller --timesteps.")
+    cfg = ProbeConfig(timesteps=args.timesteps, modes=args.modes, layer=args.layer)
+    print(f"Probing {args.teacher} ({args.layer}) on {len(train)} train / {len(test)} test images")
+    run_probe(teacher, train, test, cfg, Path(args.out))
+    print(f"Wrote {args.out}/probe.md, probe.json and probe.png")
+
+
 def _layers(argv: list[str]) -> None:
     from .layers import list_layers
 
@@ -60,9 +102,11 @@ def _layers(argv: list[str]) -> None:
 
 
 VERBS = {
+    "demo": (_demo, "the whole pipeline on embedded data, with a report"),
     "teacher": (_teacher, "train a DDPM teacher"),
     "distill": (_distill, "RepFusion distillation of a student from a teacher"),
     "finetune": (_finetune, "fine-tune a distilled student (or train from scratch)"),
+    "probe": (_probe, "what the teacher knows at each t (linear probe, effective rank)"),
     "layers": (_layers, "list a teacher's or student's layers with output shapes"),
 }
 

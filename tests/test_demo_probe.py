@@ -1,0 +1,39 @@
+import json
+
+import numpy as np
+
+from repfusion.analysis.probe import effective_rank
+from repfusion.cli import main
+
+
+def test_shortened_demo_runs_every_stage(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| scratch |" in printed and "| repfusion |" in printed
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["summary"]["scratch"]["runs"]) == 2 == len(result["summary"]["repfusion"]["runs"])
+    for name in ("report.md", "accuracy.png", "teacher/samples.png", "teacher/teacher/config.json",
+                 "distill/timesteps.png", "distill/curves.png", "distill/student/config.json"):
+        assert (out / name).exists(), name
+    config = json.loads((out / "finetune-repfusion-seed0" / "results.json").read_text())
+    assert config["init"] == str(out / "distill")
+
+
+def test_probe_cli(tmp_path, tiny_teacher_dir):
+    out = tmp_path / "probe"
+    assert main(["probe", "--teacher", str(tiny_teacher_dir), "--timesteps", "0", "500", "--out", str(out)]) == 0
+    rows = json.loads((out / "probe.json").read_text())["rows"]
+    assert [(r["mode"], r["t"]) for r in rows] == [("clean", 0), ("clean", 500), ("noised", 0), ("noised", 500)]
+    assert all(0.0 <= r["probe_accuracy"] <= 1.0 and r["effective_rank"] >= 1 for r in rows)
+    assert (out / "probe.png").exists() and (out / "probe.md").exists()
+    assert main(["probe", "--teacher", str(tiny_teacher_dir), "--timesteps", "1000", "--out", str(out)]) == 1
+
+
+def test_effective_rank_by_hand():
+    rng = np.random.default_rng(0)
+    isotropic = rng.standard_normal((4000, 8))
+    rank, _ = effective_rank(isotropic)
+    assert 7.5 < rank <= 8.0
+    line = np.outer(rng.standard_normal(100), np.ones(8))
+    assert effective_rank(line)[0] < 1.01
