@@ -66,6 +66,9 @@ def image_folder(root: str | Path, image_size: int | None = None) -> FileImageDa
     if not root.is_dir():
         raise RepFusionError(f"Dataset folder {root} does not exist; give a folder with one sub-folder per class.")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = [p for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if loose and not classes:  # unlabeled images (e.g. CelebA-HQ-img/): one class, for label-free runs
+        return FileImageDataset(loose, [0] * len(loose), ["images"], image_size)
     files, labels = [], []
     for index, name in enumerate(classes):
         found = image_files(root / name)

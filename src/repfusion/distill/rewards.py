@@ -60,5 +60,17 @@ class InfoNCEReward(nn.Module):
         return RewardOutput(F.cross_entropy(logits, targets, reduction="none"), logits.argmax(-1) == targets)
 
 
+@REWARDS.register(name="none")
+class NoReward(nn.Module):
+    """For label-free pre-training with a fixed or uniform t (the paper's CelebA-HQ run): nothing to score."""
+
+    def __init__(self, teacher_channels: int, student_channels: int, num_classes: int) -> None:
+        super().__init__()
+
+    def forward(self, teacher_feature: torch.Tensor, student_feature: torch.Tensor,
+                labels: torch.Tensor) -> RewardOutput:
+        return RewardOutput(teacher_feature.new_zeros(len(teacher_feature)))
+
+
 def build_reward(name: str, teacher_channels: int, student_channels: int, num_classes: int) -> nn.Module:
     return REWARDS.get(name)(teacher_channels, student_channels, num_classes)

@@ -65,10 +65,10 @@ class DistillRun:
 
 def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distillation:
     """Every part built and checked against the data's shape before any training step."""
-    channels, height, width = datamodule.sample_shape()
     if cfg.teacher.noise_mode not in ("clean", "noised"):
         raise RepFusionError(f"teacher.noise_mode must be 'clean' or 'noised', not '{cfg.teacher.noise_mode}'.")
     teacher = DiffusionTeacher.from_source(cfg.teacher.source)
+    channels, height, width = datamodule.sample_shape()
     teacher.check_input((1, channels, height, width), require_native_size=not cfg.teacher.allow_other_size)
     resolve_modules(teacher.unet, [cfg.teacher.layer], kind="teacher layer")
     student = build_student(cfg.student.arch, cfg.student.width, num_classes=0, in_channels=channels)
@@ -85,6 +85,9 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
     loss = build_loss(cfg.loss.name, student_shape, teacher_shape, **cfg.loss.options)
     with torch.no_grad():  # alignment check on dummy tensors: a mismatch fails here, not mid-epoch
         loss(torch.zeros(2, *student_shape), torch.zeros(2, *teacher_shape))
+    if cfg.reward == "none" and cfg.timesteps.strategy == "reinforced":
+        raise RepFusionError("The reinforced policy needs a reward: set reward to label or infonce, or use a "
+                             "fixed/uniform timestep strategy.")
     reward = build_reward(cfg.reward, teacher_shape[0], student_shape[0], datamodule.num_classes)
     return Distillation(
         teacher, student, loss, build_strategy(cfg.timesteps, teacher.num_timesteps), reward, cfg.optim, height,

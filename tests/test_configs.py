@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import pytest
+
+from repfusion.cli import main
+from repfusion.config import config_parser, parse_config
+from repfusion.distill.run import DistillRun
+from repfusion.tasks.finetune import FinetuneRun
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+SMALL = ["--teacher.source", "small-32", "--data.source", "digits", "--data.image_size", "32", "--data.batch_size", "16",
+         "--student.width", "0.125", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+         "--trainer.limit_val_batches", "1", "--trainer.progress", "false"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(path):
+    schema = FinetuneRun if "finetune" in path.name else DistillRun
+    run = parse_config(config_parser("t", schema, ""), schema, ["--config", str(path)])
+    assert isinstance(run.config, schema)
+
+
+@pytest.mark.parametrize("name", ["cifar10-resnet18-hint-policy.yaml", "cifar10-mobilenetv2-rkd-fixed.yaml",
+                                  "cifar10-resnet18-at-policy.yaml"])
+def test_paper_configs_run_on_small_stand_ins(name, tmp_path):
+    assert main(["distill", "--config", f"configs/{name}", "--run-dir", str(tmp_path), *SMALL]) == 0
+
+
+def test_tiny_imagenet_config_says_why_it_cannot_run_yet(capsys):
+    assert main(["distill", "--config", "configs/tinyimagenet-resnet18-hint-policy.yaml"]) == 1
+    assert "guided-diffusion (ADM) checkpoint" in capsys.readouterr().err
