@@ -111,6 +111,12 @@ VERBS = {
 }
 
 
+def one_line(message: str) -> str:
+    """A DataLoader worker wraps our error with its traceback; keep only our sentence."""
+    last = message.strip().splitlines()[-1] if message.strip() else message
+    return last.split("RepFusionError: ", 1)[-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         VERBS[verb][0](rest)
     except RepFusionError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; rerun with --resume to continue from the last checkpoint.", file=sys.stderr)

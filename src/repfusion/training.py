@@ -79,6 +79,7 @@ class TrainerConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     deterministic: bool = False
+    sync_batchnorm: bool = True
     channels_last: bool = False
     seed: int = 0
     ema_decay: float | None = 0.999
@@ -92,16 +93,60 @@ class TrainerConfig:
 
 
 class NonFiniteLossGuard(Callback):
-    """Stop at the first NaN/inf loss, naming the step; checkpoints already written stay as they are."""
+    """Stop at the first NaN/inf loss or weight, naming the step, before a checkpoint could store it.
+
+    Lightning runs checkpoint callbacks after all others, so the check precedes any save of this step.
+    """
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        bad = None
         if loss is not None and not torch.isfinite(loss.detach()).all():
+            bad = f"The training loss became {loss.item()}"
+        else:
+            params = [p.detach() for p in pl_module.parameters() if p.requires_grad]
+            if params and not torch.stack([p.abs().max() for p in params]).isfinite().all():
+                bad = "The weights became non-finite"
+        if bad:
             raise RepFusionError(
-                f"The training loss became {loss.item()} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
-                "the run stopped and its last good checkpoint is kept: lower optim.lr or check the data."
+                f"{bad} at step {trainer.global_step} (epoch {trainer.current_epoch}); the run stopped and its "
+                "last good checkpoint is kept: lower optim.lr or check the data, then rerun with --resume."
             )
+
+
+class AverageNormStats(Callback):
+    """Average BatchNorm running statistics across ranks (timm's `distribute_bn`).
+
+    DDP keeps weights in step but each rank updates its own running stats; SyncBatchNorm fixes this on
+    GPUs only, so on CPU (gloo) and as a safety net the stats are averaged at every epoch end and at the
+    end of training, after the EMA weights have been swapped in.
+    """
+
+    def _average(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size < 2:
+            return
+        for module in pl_module.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                for buffer in (module.running_mean, module.running_var):
+                    buffer.copy_(trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._average(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._average(trainer, pl_module)
+
+
+class RankSeed(Callback):
+    """Distinct random streams per rank (augmentation, timestep sampling); DDP broadcasts rank 0's weights."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            pl.seed_everything(self.seed + 1000 * trainer.global_rank, workers=True, verbose=False)
 
 
 class ChannelsLast(Callback):
@@ -133,12 +178,14 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_last=False, save_top_k=1,
                         every_n_train_steps=cfg.checkpoint_every_n_steps, enable_version_counter=False),
         NonFiniteLossGuard(),
+        RankSeed(cfg.seed),
     ]
     if monitor is not None:
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                    enable_version_counter=False))
     if cfg.ema_decay is not None:
         cbs.append(EMAWeightAveraging(decay=cfg.ema_decay))
+    cbs.append(AverageNormStats())  # after the EMA callback, so it sees the swapped-in weights
     if cfg.channels_last:
         cbs.append(ChannelsLast())
     if cfg.progress:
@@ -156,6 +203,8 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
         strategy=cfg.strategy,
         precision=cfg.precision,
         deterministic=cfg.deterministic,
+        sync_batchnorm=cfg.sync_batchnorm and "ddp" in str(cfg.strategy) and torch.cuda.is_available()
+        and cfg.accelerator != "cpu",
         limit_train_batches=cfg.limit_train_batches,
         limit_val_batches=cfg.limit_val_batches,
         check_val_every_n_epoch=cfg.check_val_every_n_epoch,

@@ -17,7 +17,8 @@ from ..features import FeatureTap
 from ..teachers import DiffusionTeacher
 from ..training import OptimConfig
 from ..stage import Stage
-from .timesteps import TimestepStrategy
+from ..errors import RepFusionError
+from .timesteps import NonFiniteError, TimestepStrategy
 
 HISTOGRAM_BINS = 20
 
@@ -38,6 +39,9 @@ class Distillation(Stage):
         self.normalize = normalize or Normalize()
         self.teacher_layer, self.student_layer = teacher_layer, student_layer
         self.noise_mode, self.kd_weight = noise_mode, kd_weight
+        # DDP's documented opt-out: the frozen teacher is neither broadcast nor bucketed for all-reduce.
+        self._ddp_params_and_buffers_to_ignore = [f"teacher.{n}" for n, _ in teacher.named_parameters()] + [
+            f"teacher.{n}" for n, _ in teacher.named_buffers()]
         self.t_counts = torch.zeros(HISTOGRAM_BINS)
         self.t_history: list[list[float]] = []
 
@@ -63,7 +67,11 @@ class Distillation(Stage):
         epoch = self.epoch_progress(batch_idx)
         student_input = self.normalize(images)
         # 1. choose t per image, 2. read the teacher at t and the student
-        draw = self.timesteps.sample(student_input, epoch)
+        try:
+            draw = self.timesteps.sample(student_input, epoch)
+        except NonFiniteError as e:
+            raise RepFusionError(f"{e} at step {self.global_step} (epoch {self.current_epoch}); the run stopped and "
+                                 "its last good checkpoint is kept: lower optim.lr, then rerun with --resume.") from None
         teacher_feature = self.teacher_features(images, draw.t)
         student_feature = self.student_features(student_input)
         # 3. distil, 4. train the task head, 5. REINFORCE with r = -head loss

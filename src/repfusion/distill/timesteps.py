@@ -15,6 +15,10 @@ from torch import nn
 from ..errors import RepFusionError
 from ..registry import Registry
 
+class NonFiniteError(RepFusionError):
+    """A NaN/inf inside the model; the training step adds where it happened."""
+
+
 STRATEGIES: Registry[type[nn.Module]] = Registry("timestep strategy")
 
 
@@ -132,7 +136,10 @@ class ReinforcedTimestep(TimestepStrategy):
         self.register_buffer("reward_seen", torch.zeros((), dtype=torch.bool))
 
     def distribution(self, images: torch.Tensor) -> torch.distributions.Categorical:
-        return torch.distributions.Categorical(logits=self.policy(images).float())
+        logits = self.policy(images).float()
+        if not torch.isfinite(logits).all():
+            raise NonFiniteError("The timestep policy's logits became non-finite")
+        return torch.distributions.Categorical(logits=logits)
 
     def sample(self, images: torch.Tensor, epoch: float) -> TimestepDraw:
         dist = self.distribution(images)

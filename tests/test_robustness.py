@@ -1,0 +1,164 @@
+"""Many processes, interrupted runs, and bad input (issue 6)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from repfusion.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--student.width", "0.125", "--data.batch_size", "16", "--trainer.progress", "false"]
+
+
+def error_lines(err: str) -> list[str]:
+    """What the user is told: exactly the lines the CLI writes as `error: ...` (Lightning's INFO lines aside)."""
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "repfusion.cli", *args]
+
+
+DDP_SCRIPT = textwrap.dedent('''
+    import sys
+    from pathlib import Path
+    import lightning.pytorch as pl
+    from safetensors.torch import save_file
+    from repfusion.data import DataConfig, ImageDataModule
+    from repfusion.distill.run import DistillRun, StudentSection, build_distillation
+    from repfusion.training import TrainerConfig, build_trainer
+
+    class SaveRankWeights(pl.Callback):
+        def on_train_end(self, trainer, module):
+            state = {k: v.detach().clone().contiguous() for k, v in module.student.state_dict().items()}
+            save_file(state, str(Path(sys.argv[1]) / f"rank{trainer.global_rank}.safetensors"))
+            (Path(sys.argv[1]) / f"rank{trainer.global_rank}.samples").write_text(str(trainer.num_training_batches))
+
+    cfg = DistillRun(student=StudentSection(width=0.125), data=DataConfig(batch_size=16),
+                     trainer=TrainerConfig(max_steps=4, accelerator="cpu", devices=2, strategy="ddp",
+                                           progress=False, limit_val_batches=0, ema_decay=0.9))
+    pl.seed_everything(0)
+    data = ImageDataModule(cfg.data)
+    module = build_distillation(cfg, data)
+    trainer = build_trainer(cfg.trainer, Path(sys.argv[1]) / "run", callbacks=[SaveRankWeights()])
+    trainer.fit(module, datamodule=data)
+''')
+
+
+def test_two_process_ddp_ends_with_identical_students(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    from repfusion.data import digits
+
+    full = len(digits(True)) // 16
+    assert int((tmp_path / "rank0.samples").read_text()) <= full // 2 + 1  # each rank sees half the data
+
+
+def last_step(path: Path) -> int:
+    return int(torch.load(path, weights_only=True, map_location="cpu")["global_step"])
+
+
+def test_sigkill_mid_epoch_then_resume_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["distill", "--run-dir", str(run_dir), *SMALL, "--trainer.max_epochs", "3",
+            "--trainer.limit_train_batches", "20", "--trainer.limit_val_batches", "1",
+            "--trainer.checkpoint_every_n_steps", "5"]
+    proc = subprocess.Popen(cli(*args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if ckpt.exists() and last_step(ckpt) >= 25:  # mid-way through the second epoch
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = last_step(ckpt)
+    assert 25 <= killed_at < 60
+    assert not (run_dir / "student").exists()
+    leftovers = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name != "last.ckpt"]
+    assert leftovers == [] or all(p.startswith(".") for p in leftovers)
+    assert subprocess.run(cli(*args), cwd=ROOT, capture_output=True).returncode == 1  # no silent overwrite
+    done = subprocess.run(cli(*args, "--resume"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert last_step(ckpt) == 60
+    assert (run_dir / "student" / "diffusion_pytorch_model.safetensors").exists()
+
+
+def test_nan_loss_stops_names_the_step_and_keeps_a_good_checkpoint(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["distill", "--run-dir", str(run_dir), *SMALL, "--timesteps.strategy", "fixed", "--optim.lr", "1e30",
+                 "--trainer.checkpoint_every_n_steps", "1", "--trainer.max_epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(error_lines(err)) == 1 and "at step" in error_lines(err)[0]
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("flags", [["--trainer.precision", "bf16-mixed", "--trainer.channels_last", "true"],
+                                   ["--trainer.deterministic", "true"]])
+def test_precision_layout_and_determinism_options_run(tmp_path, flags):
+    assert main(["distill", "--run-dir", str(tmp_path), *SMALL, "--trainer.max_epochs", "1",
+                 "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", *flags]) == 0
+
+
+def test_bad_dataset_folders(tmp_path, capsys):
+    assert main(["distill", "--data.source", "folder", "--data.root", str(tmp_path / "missing"), *SMALL]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    assert main(["distill", "--data.source", "folder", "--data.root", str(tmp_path / "empty"), *SMALL]) == 1
+    assert "holds no images" in capsys.readouterr().err
+    assert main(["distill", "--data.source", "cifar", "--data.root", str(tmp_path / "empty"), *SMALL]) == 1
+    assert "No CIFAR batches" in capsys.readouterr().err
+
+
+def test_corrupt_image_in_a_worker_is_one_sentence(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)).save(root / cls / f"{i}.png")
+    (root / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code = main(["distill", "--run-dir", str(tmp_path / "run"), "--data.source", "folder", "--data.root", str(root),
+                 "--data.image_size", "16", "--data.num_workers", "1", *SMALL, "--trainer.max_epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(error_lines(err)) == 1 and "bad.png is corrupt or truncated" in error_lines(err)[0]
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: [unclosed\n")
+    assert main(["distill", "--config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+
+
+def test_wrong_channel_count_for_the_teacher(tmp_path, capsys):
+    from diffusers import UNet2DModel
+
+    from repfusion.teachers import TEACHER_PRESETS, default_scheduler
+
+    folder = tmp_path / "gray-teacher"
+    UNet2DModel(**{**TEACHER_PRESETS["tiny-16"], "in_channels": 1, "out_channels": 1}).save_pretrained(folder)
+    default_scheduler().save_pretrained(folder)
+    assert main(["distill", "--teacher.source", str(folder), *SMALL]) == 1
+    assert "1-channel images but the data have 3 channels" in capsys.readouterr().err
