@@ -8,6 +8,7 @@ there. Reports the final in-band mass per seed for each baseline and learning ra
 
 from __future__ import annotations
 
+import shlex
 import argparse
 import statistics
 import sys
@@ -34,7 +35,7 @@ def main() -> None:
             rows.append({"baseline": baseline, "lr": lr, "final_band_mass": finals, "seeds_found_band": found,
                          "mean": statistics.mean(finals), "seconds": time.time() - start})
             print(f"{baseline:>10} lr {lr}: band mass {[round(f, 2) for f in finals]}", flush=True)
-    command = "python " + " ".join(sys.argv)
+    command = shlex.join(["python", *sys.argv])
     write_json(args.out / "policy_baseline.json", {"command": command, "steps": args.steps, "rows": rows})
     lines = [f"# Reward baseline vs plain REINFORCE (synthetic band teacher, {args.steps} steps)", "",
              f"Command: `{command}`", "",

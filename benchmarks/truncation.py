@@ -7,6 +7,7 @@ Both run the same `DiffusionTeacher` on the same inputs, interleaved, so machine
 
 from __future__ import annotations
 
+import shlex
 import argparse
 import platform
 import statistics
@@ -46,7 +47,7 @@ def main() -> None:
             sync()
             times[name].append(time.perf_counter() - start)
     full, trunc = statistics.median(times["full"]), statistics.median(times["truncated"])
-    command = "python " + " ".join(sys.argv)
+    command = shlex.join(["python", *sys.argv])
     result = {
         "command": command, "teacher": args.teacher, "layer": args.layer, "batch": args.batch,
         "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -39,6 +39,7 @@ class Distillation(Stage):
         self.normalize = normalize or Normalize()
         self.teacher_layer, self.student_layer = teacher_layer, student_layer
         self.noise_mode, self.kd_weight = noise_mode, kd_weight
+        self.truncate_teacher = True  # False re-creates the reference: full UNet forward, read by a hook
         # DDP's documented opt-out: the frozen teacher is neither broadcast nor bucketed for all-reduce.
         self._ddp_params_and_buffers_to_ignore = [f"teacher.{n}" for n, _ in teacher.named_parameters()] + [
             f"teacher.{n}" for n, _ in teacher.named_buffers()]
@@ -55,7 +56,9 @@ class Distillation(Stage):
 
     def teacher_features(self, images01: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.teacher.eval()
-        return self.teacher(images01 * 2 - 1, t, (self.teacher_layer,), self.noise_mode)[self.teacher_layer]
+        pixels = images01 * 2 - 1
+        return self.teacher(pixels, t, (self.teacher_layer,), self.noise_mode, truncate=self.truncate_teacher)[
+            self.teacher_layer]
 
     def epoch_progress(self, batch_idx: int) -> float:
         batches = self.trainer.num_training_batches if self._trainer is not None else 0
