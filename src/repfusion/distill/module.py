@@ -47,7 +47,14 @@ class Distillation(Stage):
         self.t_history: list[list[float]] = []
 
     def trainable_parameters(self):
-        return (p for name, p in self.named_parameters() if not name.startswith("teacher."))
+        """One optimiser over student, adapter, head and policy (the paper); the policy's group may be scaled."""
+        policy = [p for n, p in self.named_parameters() if n.startswith("timesteps.")]
+        rest = [p for n, p in self.named_parameters() if not n.startswith(("teacher.", "timesteps."))]
+        scale = getattr(self.timesteps.cfg, "policy_lr_scale", 1.0)
+        groups = [{"params": rest}]
+        if policy:
+            groups.append({"params": policy, "lr": self.optim.lr * scale})
+        return groups
 
     def student_features(self, x: torch.Tensor) -> torch.Tensor:
         with FeatureTap(self.student, [self.student_layer]) as tap:

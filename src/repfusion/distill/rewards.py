@@ -26,8 +26,11 @@ class RewardOutput:
 
 
 def mlp(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(width_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden),
-                         nn.ReLU(inplace=True), nn.Linear(hidden, width_out))
+    """The paper's 3-layer head, behind a parameter-free BatchNorm: DPM activations can be tiny or huge
+    (a linear probe needs standardised inputs too), and an unscaled head learns too slowly to give the
+    policy a reward signal."""
+    return nn.Sequential(nn.BatchNorm1d(width_in, affine=False), nn.Linear(width_in, hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width_out))
 
 
 @REWARDS.register(name="label")

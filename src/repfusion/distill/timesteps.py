@@ -37,6 +37,8 @@ class TimestepConfig:
     fixed uses `t`; uniform draws below `t_max`; decay lowers T_max linearly from `t_max` to `t_max_end`
     over `decay_epochs`; reinforced learns pi(t | x) with the entropy weight going linearly from
     `entropy_weight` to 0 over `entropy_decay_epochs`, and `baseline` none (the paper), batch_mean or ema.
+    `policy_lr_scale` multiplies the policy's learning rate (1 = the paper's single optimiser); short
+    schedules, with a few hundred steps instead of the paper's 78k, need a larger one for pi to move.
     """
 
     strategy: str = "reinforced"
@@ -49,6 +51,7 @@ class TimestepConfig:
     baseline: str = "none"
     baseline_momentum: float = 0.9
     policy_arch: str = "lenet"
+    policy_lr_scale: float = 1.0
 
 
 class TimestepStrategy(nn.Module):
