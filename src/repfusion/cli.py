@@ -9,41 +9,40 @@ from pathlib import Path
 from .errors import RepFusionError
 
 
-def _teacher(argv: list[str]) -> None:
+def _configured_run(verb: str, argv: list[str], schema: type, description: str, runner) -> tuple:
+    """Shared by the training verbs: parse YAML + flags, save the resolved config, run, return its result."""
     from .config import config_parser, parse_config, save_resolved
+
+    parser = config_parser(f"repfusion {verb}", schema, description)
+    run = parse_config(parser, schema, argv)
+    run_dir = run.run_dir or Path("runs") / verb
+    save_resolved(parser, run.namespace, run_dir / "config.yaml")
+    return run.config, run_dir, runner(run.config, run_dir, run.resume)
+
+
+def _teacher(argv: list[str]) -> None:
     from .teachers.train import TeacherRun, train_teacher
 
-    parser = config_parser("repfusion teacher", TeacherRun, "Train a DDPM teacher; saved with save_pretrained.")
-    run = parse_config(parser, TeacherRun, argv)
-    run_dir = run.run_dir or Path("runs/teacher")
-    save_resolved(parser, run.namespace, run_dir / "config.yaml")
-    out = train_teacher(run.config, run_dir, run.resume)
+    _, run_dir, out = _configured_run("teacher", argv, TeacherRun, "Train a DDPM teacher (save_pretrained).",
+                                      train_teacher)
     print(f"Teacher saved to {out} (load it with --teacher {out}); samples in {run_dir / 'samples.png'}")
 
 
 def _distill(argv: list[str]) -> None:
-    from .config import config_parser, parse_config, save_resolved
     from .distill.run import DistillRun, run_distillation
 
-    parser = config_parser("repfusion distill", DistillRun, "RepFusion pre-training of a student from a DPM teacher.")
-    run = parse_config(parser, DistillRun, argv)
-    run_dir = run.run_dir or Path("runs/distill")
-    save_resolved(parser, run.namespace, run_dir / "config.yaml")
-    out = run_distillation(run.config, run_dir, run.resume)
-    print(f"Distilled student saved to {out}; fine-tune it with: repfusion finetune --init {out}")
+    _, _, out = _configured_run("distill", argv, DistillRun, "RepFusion pre-training of a student from a DPM teacher.",
+                                run_distillation)
+    print(f"Distilled student saved to {out}; fine-tune it with: repfusion finetune --init {out.parent}")
 
 
 def _finetune(argv: list[str]) -> None:
-    from .config import config_parser, parse_config, save_resolved
     from .tasks.finetune import FinetuneRun, run_finetune
 
-    parser = config_parser("repfusion finetune", FinetuneRun, "Classification fine-tuning (init: null = scratch).")
-    run = parse_config(parser, FinetuneRun, argv)
-    run_dir = run.run_dir or Path("runs/finetune")
-    save_resolved(parser, run.namespace, run_dir / "config.yaml")
-    results = run_finetune(run.config, run_dir, run.resume)
+    config, run_dir, results = _configured_run("finetune", argv, FinetuneRun,
+                                               "Classification fine-tuning (init: null = scratch).", run_finetune)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()))
-    print(f"Test results ({run.config.init or 'scratch'}): {shown}; model saved to {run_dir / 'model'}")
+    print(f"Test results ({config.init or 'scratch'}): {shown}; model saved to {run_dir / 'model'}")
 
 
 def _demo(argv: list[str]) -> None:
