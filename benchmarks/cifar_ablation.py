@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "cifar_ablation")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--train-limit", type=int, default=None, help="Smoke runs only.")
+    parser.add_argument("--report-only", action="store_true", help="Report the finished runs, train nothing.")
     args = parser.parse_args()
     if not args.data.exists() or not Path(args.teacher).exists():
         print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
@@ -82,6 +83,8 @@ def main() -> None:
         for seed in range(args.seeds):
             run_dir = args.work / slug(arm.name) / f"seed{seed}"
             done_file = run_dir / "summary.json"
+            if args.report_only and not done_file.exists():
+                continue
             if not done_file.exists():
                 distill_s, init = 0.0, None
                 if arm.loss is not None:
@@ -117,6 +120,8 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
 
     rows = []
     for name, r in results.items():
+        if not r["top1"]:
+            continue
         top1 = [100 * x for x in r["top1"]]
         rows.append({"arm": name, "mean": statistics.mean(top1), "std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
                      "runs": top1, "distill_s": statistics.mean(r["distill_s"]),
