@@ -129,7 +129,7 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
                      "final_t_distribution": r["final_t_distribution"][0] if r["final_t_distribution"][0] else None})
     write_json(args.out / "cifar_ablation.json", {"command": command, "config": {k: str(v) for k, v in vars(args).items()},
                                                   "rows": rows})
-    lines = [f"# CIFAR-10 subset ablation", "", f"Command: `{command}`", "",
+    lines = ["# CIFAR-10 subset ablation", "", f"Command: `{command}`", "",
              f"Student resnet18_cifar width {args.width}; distillation {args.distill_epochs} epochs, fine-tuning "
              f"{args.finetune_epochs} epochs for every arm; {args.seeds} seeds; 10 % of the training images held out "
              "for validation, test split only reported. Times are per seed, on this machine.", "",

@@ -5,8 +5,7 @@ import torch
 
 from repfusion.cli import main
 from repfusion.data import DataConfig, ImageDataModule
-from repfusion.distill.run import DistillRun, LossSection, StudentSection, TeacherSection, build_distillation
-from repfusion.distill.timesteps import TimestepConfig
+from repfusion.distill.run import DistillRun, StudentSection, TeacherSection, build_distillation
 from repfusion.errors import RepFusionError
 from repfusion.training import TrainerConfig, build_trainer
 

@@ -39,7 +39,7 @@ def resolve_modules(model: nn.Module, layers: Sequence[str], kind: str = "layer"
     missing = [name for name in layers if name not in named]
     if missing:
         raise unknown_name_error(
-            kind, missing[0], named, hint=f" (list them with `repfusion layers`)"
+            kind, missing[0], named, hint=" (list them with `repfusion layers`)"
         )
     return {name: named[name] for name in layers}
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from diffusers import ModelMixin
-from torch import nn
 
 from ..errors import RepFusionError
 from ..registry import Registry
@@ -42,10 +41,6 @@ def load_student(folder: str | Path) -> ModelMixin:
     """A student exported with save_pretrained (safetensors weights + config naming arch and width)."""
     config = read_student_config(folder)
     return STUDENT_CLASSES[config["_class_name"]].from_pretrained(str(folder), use_safetensors=True)
-
-
-def feature_layer_module(student: nn.Module) -> str:
-    return getattr(student, "feature_layer", "layer4")
 
 
 __all__ = ["STUDENTS", "MobileNetV2", "ResNet", "build_student", "load_student", "read_student_config"]
