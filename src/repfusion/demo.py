@@ -26,7 +26,7 @@ from .training import OptimConfig, TrainerConfig
 class DemoConfig:
     out: str = "runs/demo"
     seeds: int = 3
-    teacher_epochs: int = 30
+    teacher_epochs: int = 20
     distill_epochs: int = 15
     finetune_epochs: int = 10
     arch: str = "resnet18_cifar"
