@@ -62,7 +62,7 @@ class Distillation(Stage):
             return tap.pop()[self.student_layer]
 
     def teacher_features(self, images01: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.teacher.eval()
+        self.teacher.eval()  # Lightning restores saved per-module modes directly, bypassing train()
         pixels = images01 * 2 - 1
         return self.teacher(pixels, t, (self.teacher_layer,), self.noise_mode, truncate=self.truncate_teacher)[
             self.teacher_layer]

@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
 from ..errors import RepFusionError
-from ..features import CallPlan, FeatureTap, StopForward, plan_calls, resolve_modules
+from ..features import CallPlan, FeatureTap, StopForward, plan_calls
 from .loading import load_unet_and_scheduler
 
 DEFAULT_TEACHER_LAYER = "mid_block.resnets.1.conv2"
@@ -51,8 +51,7 @@ class DiffusionTeacher(nn.Module):
 
     @property
     def sample_size(self) -> int:
-        size = self.unet.config.sample_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return unet_sample_size(self.unet)
 
     def train(self, mode: bool = True) -> DiffusionTeacher:
         """Always eval: Lightning flips modules back to train mode after validation."""
@@ -60,23 +59,7 @@ class DiffusionTeacher(nn.Module):
 
     def check_input(self, shape: Sequence[int], require_native_size: bool = False) -> None:
         """Raise a one-sentence error when images cannot go through this UNet."""
-        _, c, h, w = shape
-        if c != self.in_channels:
-            raise RepFusionError(
-                f"The teacher takes {self.in_channels}-channel images but the data have {c} channels; "
-                f"convert the data or choose a teacher with in_channels={c}."
-            )
-        factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if h % factor or w % factor:
-            raise RepFusionError(
-                f"The teacher downsamples {factor}x, so image height and width must be multiples of {factor}, "
-                f"but the data are {h}x{w}; set data.image_size to a multiple of {factor}."
-            )
-        if require_native_size and (h, w) != (self.sample_size, self.sample_size):
-            raise RepFusionError(
-                f"The teacher was trained on {self.sample_size}x{self.sample_size} images but the data are {h}x{w}; "
-                f"set data.image_size={self.sample_size} or set teacher.allow_other_size=true."
-            )
+        check_unet_input(self.unet, shape, require_native_size)
 
     def noised(self, pixels: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -109,8 +92,7 @@ class DiffusionTeacher(nn.Module):
             noise (`torch.Tensor`, *optional*): the eps of the noised mode; drawn when absent.
             truncate (`bool`, *optional*, defaults to `True`): stop after the deepest requested layer.
         """
-        layers = tuple(layers)
-        resolve_modules(self.unet, layers)
+        layers = tuple(layers)  # unknown names raise in plan_calls / FeatureTap, naming the closest ones
         if noise_mode not in ("clean", "noised"):
             raise RepFusionError(f"noise_mode must be 'clean' or 'noised', not '{noise_mode}'.")
         self.check_input(pixels.shape)
@@ -139,3 +121,31 @@ class DiffusionTeacher(nn.Module):
 def _drop_unet_keys(module: nn.Module, state_dict: dict, prefix: str, _meta: object) -> None:
     for key in [k for k in state_dict if k.startswith(f"{prefix}unet.")]:
         del state_dict[key]
+
+
+def unet_sample_size(unet: UNet2DModel) -> int:
+    size = unet.config.sample_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def check_unet_input(unet: UNet2DModel, shape: Sequence[int], require_native_size: bool = False) -> None:
+    """Raise a one-sentence error when images of this (B, C, H, W) shape cannot go through the UNet."""
+    _, c, h, w = shape
+    channels = int(unet.config.in_channels)
+    if c != channels:
+        raise RepFusionError(
+            f"The teacher takes {channels}-channel images but the data have {c} channels; "
+            f"convert the data or choose a teacher with in_channels={c}."
+        )
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    if h % factor or w % factor:
+        raise RepFusionError(
+            f"The teacher downsamples {factor}x, so image height and width must be multiples of {factor}, "
+            f"but the data are {h}x{w}; set data.image_size to a multiple of {factor}."
+        )
+    size = unet_sample_size(unet)
+    if require_native_size and (h, w) != (size, size):
+        raise RepFusionError(
+            f"The teacher was trained on {size}x{size} images but the data are {h}x{w}; "
+            f"set data.image_size={size} or set teacher.allow_other_size=true."
+        )

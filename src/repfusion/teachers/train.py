@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 
 from ..data import DataConfig, ImageDataModule
 from ..training import OptimConfig, TrainerConfig, build_trainer, resume_path
+from .diffusion_teacher import check_unet_input
 from .ddpm_training import DDPMTraining, export_teacher, sample_grid
 from .loading import load_unet_and_scheduler
 
@@ -32,10 +33,7 @@ def train_teacher(cfg: TeacherRun, run_dir: Path, resume: bool = False) -> Path:
     datamodule = ImageDataModule(cfg.data)
     channels, size, _ = datamodule.sample_shape()
     unet, scheduler = load_unet_and_scheduler(cfg.teacher, image_size=size)
-    from .diffusion_teacher import DiffusionTeacher
-
-    DiffusionTeacher(unet, scheduler).check_input((1, channels, size, size))
-    unet.requires_grad_(True).train()
+    check_unet_input(unet, (1, channels, size, size))
     module = DDPMTraining(unet, scheduler, cfg.optim, image_size=size)
     trainer = build_trainer(cfg.trainer, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(run_dir, resume), weights_only=True)
