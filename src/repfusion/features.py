@@ -120,6 +120,13 @@ class FeatureTap:
         return out
 
 
+def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of one named module for input `x` (the whole forward runs)."""
+    with FeatureTap(model, [layer]) as tap:
+        model(x)
+        return tap.pop()[layer]
+
+
 def output_shapes(model: nn.Module, run: Callable[[], object]) -> list[tuple[str, str, tuple[int, ...] | None]]:
     """(name, type, output shape) of every submodule, in registration order, from one forward pass."""
     shapes: dict[str, tuple[int, ...]] = {}

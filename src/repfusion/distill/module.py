@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..data.augment import Normalize
-from ..features import FeatureTap
+from ..features import layer_output
 from ..teachers import DiffusionTeacher
 from ..training import OptimConfig
 from ..stage import Stage
@@ -57,9 +57,7 @@ class Distillation(Stage):
         return groups
 
     def student_features(self, x: torch.Tensor) -> torch.Tensor:
-        with FeatureTap(self.student, [self.student_layer]) as tap:
-            self.student(x)
-            return tap.pop()[self.student_layer]
+        return layer_output(self.student, self.student_layer, x)
 
     def teacher_features(self, images01: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.teacher.eval()  # Lightning restores saved per-module modes directly, bypassing train()

@@ -12,7 +12,7 @@ import torch
 from ..analysis.plots import plot_curves, plot_timestep_history
 from ..data import DataConfig, ImageDataModule, Normalize
 from ..errors import RepFusionError
-from ..features import resolve_modules
+from ..features import layer_output, resolve_modules
 from ..io import replace_dir, staging_dir, write_json
 from ..students import build_student
 from ..teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher
@@ -76,11 +76,9 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
     resolve_modules(student, [student_layer], kind="student layer")
 
     teacher_shape = teacher.feature_shape(cfg.teacher.layer, height)
-    probe = Distillation(teacher, student, torch.nn.Identity(), build_strategy(TimestepConfig("fixed"), 1000),
-                         torch.nn.Identity(), cfg.optim, height, cfg.teacher.layer, student_layer)
     with torch.no_grad():
         student.eval()
-        student_shape = tuple(probe.student_features(torch.zeros(2, channels, height, width)).shape[1:])
+        student_shape = tuple(layer_output(student, student_layer, torch.zeros(2, channels, height, width)).shape[1:])
         student.train()
     loss = build_loss(cfg.loss.name, student_shape, teacher_shape, **cfg.loss.options)
     with torch.no_grad():  # alignment check on dummy tensors: a mismatch fails here, not mid-epoch
