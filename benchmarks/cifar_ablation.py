@@ -115,7 +115,7 @@ def main() -> None:
 
 
 def report(results: dict, args: argparse.Namespace, command: str) -> None:
-    from repfusion.analysis.plots import plt, save_figure
+    from repfusion.analysis.plots import plot_arms
     from repfusion.io import write_json, write_text
 
     rows = []
@@ -146,16 +146,8 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
             lines.append(f"- {r['arm']}: {below200:.0%} of samples below t = 200; bins: "
                          + " ".join(f"{x:.2f}" for x in dist))
     write_text(args.out / "cifar_ablation.md", "\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=[r["std"] for r in rows], capsize=4)
-    for i, r in enumerate(rows):
-        ax.scatter([i] * len(r["runs"]), r["runs"], color="black", s=8, zorder=3)
-    ax.set_xticks(range(len(rows)), [r["arm"] for r in rows], rotation=25, ha="right")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("CIFAR-10 subset: scratch vs RepFusion arms")
-    fig.tight_layout()
-    save_figure(fig, args.out / "cifar_ablation.png")
-    plt.close(fig)
+    plot_arms({r["arm"]: r["runs"] for r in rows}, args.out / "cifar_ablation.png",
+              "CIFAR-10 subset: scratch vs RepFusion arms")
 
 
 if __name__ == "__main__":

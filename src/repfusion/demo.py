@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .analysis.plots import plt, save_figure
+from .analysis.plots import plot_arms
 from .data import DataConfig
 from .distill.run import DistillRun, LossSection, StudentSection, TeacherSection, run_distillation
 from .distill.timesteps import TimestepConfig
@@ -113,17 +113,8 @@ def results_table(summary: dict) -> str:
 
 def write_report(out: Path, result: dict) -> None:
     summary = result["summary"]
-    fig, ax = plt.subplots(figsize=(4, 3))
-    names = list(summary)
-    ax.bar(names, [100 * summary[n]["mean"] for n in names], yerr=[100 * summary[n]["std"] for n in names],
-           capsize=6, color=["#999999", "#3b7dd8"])
-    for i, n in enumerate(names):
-        ax.scatter([i] * len(summary[n]["runs"]), [100 * r for r in summary[n]["runs"]], color="black", zorder=3, s=10)
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("digits: scratch vs RepFusion")
-    fig.tight_layout()
-    save_figure(fig, out / "accuracy.png")
-    plt.close(fig)
+    plot_arms({arm: [100 * r for r in s["runs"]] for arm, s in summary.items()}, out / "accuracy.png",
+              "digits: scratch vs RepFusion")
     timings = "\n".join(f"| {k} | {v:.1f} |" for k, v in result["timings_s"].items())
     text = f"""# RepFusion demo report
 

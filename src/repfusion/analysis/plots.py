@@ -68,3 +68,23 @@ def plot_timestep_history(history: Sequence[Sequence[float]], num_timesteps: int
     path = save_figure(fig, out)
     plt.close(fig)
     return path
+
+
+def plot_arms(runs: dict[str, Sequence[float]], out: Path, title: str, ylabel: str = "test top-1 (%)") -> Path:
+    """Mean ± std bar per arm with every run as a dot: the comparison of scratch and RepFusion inits."""
+    import statistics
+
+    names = list(runs)
+    means = [statistics.mean(runs[n]) for n in names]
+    stds = [statistics.stdev(runs[n]) if len(runs[n]) > 1 else 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.15 * len(names)), 3.4))
+    ax.bar(range(len(names)), means, yerr=stds, capsize=5)
+    for i, name in enumerate(names):
+        ax.scatter([i] * len(runs[name]), runs[name], color="black", s=9, zorder=3)
+    ax.set_xticks(range(len(names)), names, rotation=25 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    path = save_figure(fig, out)
+    plt.close(fig)
+    return path
