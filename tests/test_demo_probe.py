@@ -8,16 +8,34 @@ from repfusion.cli import main
 
 def test_shortened_demo_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--no-progress", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--seeds", "2", "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| scratch |" in printed and "| repfusion |" in printed
+    assert "| scratch |" in printed and "| repfusion |" in printed and "95 % CI" in printed
     result = json.loads((out / "results.json").read_text())
     assert len(result["summary"]["scratch"]["runs"]) == 2 == len(result["summary"]["repfusion"]["runs"])
+    difference = result["paired_difference"]
+    assert difference["n"] == 2 and difference["low"] <= difference["mean"] <= difference["high"]
+    assert set(result["probe"]) == {"random init", "distilled"}
     for name in ("report.md", "accuracy.png", "teacher/samples.png", "teacher/teacher/config.json",
                  "distill/timesteps.png", "distill/curves.png", "distill/student/config.json"):
         assert (out / name).exists(), name
     config = json.loads((out / "finetune-repfusion-seed0" / "results.json").read_text())
     assert config["init"] == str(out / "distill")
+    # the label-scarce regime: fine-tuning saw a stratified 5 % of the training labels, distillation all images
+    assert result["config"]["label_fraction"] == 0.05
+
+    # an existing demo is refused without --resume; with it, finished stages are reused, not retrained
+    assert main(["demo", "--quick", "--seeds", "2", "--no-progress", "--out", str(out)]) == 1
+    assert "pass --resume" in capsys.readouterr().err
+    before = (out / "distill" / "student" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert main(["demo", "--quick", "--seeds", "2", "--no-progress", "--resume", "--out", str(out)]) == 0
+    assert (out / "distill" / "student" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_demo_refuses_a_single_seed(tmp_path, capsys):
+    assert main(["demo", "--quick", "--seeds", "1", "--out", str(tmp_path / "d")]) == 1
+    assert "--seeds must be at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_probe_cli(tmp_path, tiny_teacher_dir):

@@ -10,14 +10,31 @@ from .errors import RepFusionError
 
 
 def _configured_run(verb: str, argv: list[str], schema: type, description: str, runner) -> tuple:
-    """Shared by the training verbs: parse YAML + flags, save the resolved config, run, return its result."""
-    from .config import config_parser, parse_config, save_resolved
+    """Shared by the training verbs: parse YAML + flags, check, run, return its result.
+
+    Nothing is written until every check has passed: the runner builds everything, checks the resume
+    checkpoint, and only then calls back to save the resolved config (on rank 0 only).
+    """
+    from .config import check_resume_config, config_parser, parse_config, save_resolved
+    from .io import check_writable_dir
 
     parser = config_parser(f"repfusion {verb}", schema, description)
     run = parse_config(parser, schema, argv)
     run_dir = run.run_dir or Path("runs") / verb
-    save_resolved(parser, run.namespace, run_dir / "config.yaml")
-    return run.config, run_dir, runner(run.config, run_dir, run.resume)
+    check_writable_dir(run_dir)
+    if run.resume:
+        check_resume_config(parser, run.namespace, run_dir)
+    result = runner(run.config, run_dir, run.resume,
+                    on_start=lambda: save_resolved(parser, run.namespace, run_dir / "config.yaml"))
+    return run.config, run_dir, result
+
+
+def _say(message: str) -> None:
+    """The final line of a verb, printed by rank 0 only in a multi-process run."""
+    from .runstate import is_rank_zero
+
+    if is_rank_zero():
+        print(message)
 
 
 def _teacher(argv: list[str]) -> None:
@@ -25,7 +42,7 @@ def _teacher(argv: list[str]) -> None:
 
     _, run_dir, out = _configured_run("teacher", argv, TeacherRun, "Train a DDPM teacher (save_pretrained).",
                                       train_teacher)
-    print(f"Teacher saved to {out} (load it with --teacher {out}); samples in {run_dir / 'samples.png'}")
+    _say(f"Teacher saved to {out} (load it with --teacher {out}); samples in {run_dir / 'samples.png'}")
 
 
 def _distill(argv: list[str]) -> None:
@@ -33,7 +50,7 @@ def _distill(argv: list[str]) -> None:
 
     _, _, out = _configured_run("distill", argv, DistillRun, "RepFusion pre-training of a student from a DPM teacher.",
                                 run_distillation)
-    print(f"Distilled student saved to {out}; fine-tune it with: repfusion finetune --init {out.parent}")
+    _say(f"Distilled student saved to {out}; fine-tune it with: repfusion finetune --init {out.parent}")
 
 
 def _finetune(argv: list[str]) -> None:
@@ -42,19 +59,24 @@ def _finetune(argv: list[str]) -> None:
     config, run_dir, results = _configured_run("finetune", argv, FinetuneRun,
                                                "Classification fine-tuning (init: null = scratch).", run_finetune)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()))
-    print(f"Test results ({config.init or 'scratch'}): {shown}; model saved to {run_dir / 'model'}")
+    _say(f"Test results ({config.init or 'scratch'}): {shown}; model saved to {run_dir / 'model'}")
 
 
 def _demo(argv: list[str]) -> None:
     from .demo import DemoConfig, quick, run_demo
 
+    defaults = DemoConfig()
     parser = argparse.ArgumentParser(prog="repfusion demo", description="The whole pipeline on embedded data.")
-    parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="One epoch per stage (a smoke run).")
+    parser.add_argument("--out", default=defaults.out)
+    parser.add_argument("--seeds", type=int, default=defaults.seeds, help="Fine-tuning seeds per arm (>= 2).")
+    parser.add_argument("--label-fraction", type=float, default=defaults.label_fraction,
+                        help="Share of training labels fine-tuning sees (stratified, drawn per seed).")
+    parser.add_argument("--quick", action="store_true", help="One or two epochs per stage (a smoke run).")
+    parser.add_argument("--resume", action="store_true", help="Reuse finished stages of --out, continue the rest.")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    cfg = DemoConfig(out=args.out, seeds=args.seeds, progress=not args.no_progress)
+    cfg = DemoConfig(out=args.out, seeds=args.seeds, label_fraction=args.label_fraction,
+                     progress=not args.no_progress, resume=args.resume)
     run_demo(quick(cfg) if args.quick else cfg)
 
 
@@ -63,16 +85,33 @@ def _probe(argv: list[str]) -> None:
     from .data import DataConfig, build_split
     from .teachers import DiffusionTeacher
 
-    parser = argparse.ArgumentParser(prog="repfusion probe", description="Linear probe / effective rank per t.")
-    parser.add_argument("--teacher", required=True, help="Preset, save_pretrained folder or hub id.")
+    parser = argparse.ArgumentParser(prog="repfusion probe", description="What a teacher knows at each t (linear "
+                                     "probe, effective rank, variance explained by t), or a frozen student's "
+                                     "linear-probe and k-NN accuracy.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--teacher", help="Preset, save_pretrained folder or hub id.")
+    source.add_argument("--student", help="Distill run folder (or its student/), finetune run folder (or its "
+                        "model/), or random[:ARCH] for a randomly initialised student.")
     parser.add_argument("--data", default="digits", help="digits | cifar | folder | tiny-imagenet")
     parser.add_argument("--root", default=None, help="Dataset folder (not needed for digits).")
     parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--timesteps", type=int, nargs="+", default=ProbeConfig().timesteps)
-    parser.add_argument("--modes", nargs="+", default=["clean", "noised"], choices=["clean", "noised"])
-    parser.add_argument("--layer", default=ProbeConfig().layer)
-    parser.add_argument("--out", default="runs/probe")
+    parser.add_argument("--timesteps", type=int, nargs="+", default=ProbeConfig().timesteps, help="Teacher only.")
+    parser.add_argument("--modes", nargs="+", default=["clean", "noised"], choices=["clean", "noised"],
+                        help="Teacher only.")
+    parser.add_argument("--layer", nargs="+", default=None, help="Teacher: one or more layers (default "
+                        f"{ProbeConfig().layers[0]}); student: one layer (default its feature layer).")
+    parser.add_argument("--arch", default=None, help="Architecture of a random student (default resnet18_cifar).")
+    parser.add_argument("--width", type=float, default=1.0, help="Width of a random student.")
+    parser.add_argument("--mean", type=float, nargs=3, default=None, help="Student pixel mean (default: its run's).")
+    parser.add_argument("--std", type=float, nargs=3, default=None, help="Student pixel std (default: its run's).")
+    parser.add_argument("--k", type=int, default=20, help="Neighbours of the student's k-NN classifier.")
+    parser.add_argument("--out", default=None, help="Output folder (default runs/probe or runs/student-probe).")
     args = parser.parse_args(argv)
+    if args.student is not None:
+        _probe_student(args)
+        return
+    out = args.out or "runs/probe"
+    layers = args.layer or ProbeConfig().layers
     teacher = DiffusionTeacher.from_source(args.teacher)
     data = DataConfig(source=args.data, root=args.root, image_size=args.image_size or teacher.sample_size)
     train, test = build_split(data, train=True), build_split(data, train=False)
@@ -81,10 +120,26 @@ def _probe(argv: list[str]) -> None:
     bad = [t for t in args.timesteps if not 0 <= t < teacher.num_timesteps]
     if bad:
         raise RepFusionError(f"Timestep {bad[0]} is outside [0, {teacher.num_timesteps}); pick smaller --timesteps.")
-    cfg = ProbeConfig(timesteps=args.timesteps, modes=args.modes, layer=args.layer)
-    print(f"Probing {args.teacher} ({args.layer}) on {len(train)} train / {len(test)} test images")
-    run_probe(teacher, train, test, cfg, Path(args.out))
-    print(f"Wrote {args.out}/probe.md, probe.json and probe.png")
+    cfg = ProbeConfig(timesteps=args.timesteps, modes=args.modes, layers=layers)
+    print(f"Probing {args.teacher} ({', '.join(layers)}) on {len(train)} train / {len(test)} test images")
+    run_probe(teacher, train, test, cfg, Path(out))
+    print(f"Wrote {out}/probe.md, probe.json and probe.png")
+
+
+def _probe_student(args: argparse.Namespace) -> None:
+    from .analysis.student_probe import run_student_probe
+    from .data import DataConfig, build_split
+
+    if args.layer is not None and len(args.layer) > 1:
+        raise RepFusionError("A student is probed at one --layer; give a single layer name.")
+    out = Path(args.out or "runs/student-probe")
+    data = DataConfig(source=args.data, root=args.root, image_size=args.image_size)
+    train, test = build_split(data, train=True), build_split(data, train=False)
+    print(f"Probing student {args.student} on {len(train)} train / {len(test)} test images")
+    result = run_student_probe(args.student, train, test, out, layer=args.layer[0] if args.layer else None,
+                               mean=args.mean, std=args.std, arch=args.arch, width=args.width, k=args.k)
+    print(f"Linear probe {result['linear_probe']:.4f}, k-NN {result['knn']:.4f}; wrote {out}/student_probe.md "
+          "and student_probe.json")
 
 
 def _layers(argv: list[str]) -> None:
@@ -105,7 +160,7 @@ VERBS = {
     "teacher": (_teacher, "train a DDPM teacher"),
     "distill": (_distill, "RepFusion distillation of a student from a teacher"),
     "finetune": (_finetune, "fine-tune a distilled student (or train from scratch)"),
-    "probe": (_probe, "what the teacher knows at each t (linear probe, effective rank)"),
+    "probe": (_probe, "what a teacher knows at each t, or a frozen student's probe accuracy"),
     "layers": (_layers, "list a teacher's or student's layers with output shapes"),
 }
 
@@ -133,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         VERBS[verb][0](rest)
     except RepFusionError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a folder that turned read-only, a full disk: say what and where, not a traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: cannot write or read{where}: {e.strerror or e}; check the folder's permissions and free "
+              "space, then rerun (with --resume if a checkpoint was written).", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted; rerun with --resume to continue from the last checkpoint.", file=sys.stderr)

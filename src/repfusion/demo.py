@@ -1,7 +1,12 @@
 """`repfusion demo`: the whole pipeline on the embedded digits, on a laptop CPU, in minutes.
 
-teacher DDPM -> RepFusion distillation with the reinforced policy -> fine-tuning, against the same
-student trained from scratch with the same budget, over several seeds -> report with plots.
+The regime where pre-training pays: every training image is unlabeled for the teacher and the
+distillation, and only a small stratified share of them (`label_fraction`) carries a label for
+fine-tuning. Stages: teacher DDPM -> RepFusion distillation (label-free: per-t standardised hint
+target, coarse-bin timestep policy with the InfoNCE reward) -> student probe (frozen backbone) ->
+fine-tuning of the distilled student and of the same student from scratch on the same seeds (each
+seed draws its own labelled subset, shared by both arms) -> paired differences with a 95 % interval,
+a report and plots.
 """
 
 from __future__ import annotations
@@ -9,44 +14,73 @@ from __future__ import annotations
 import resource
 import statistics
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .analysis.plots import plot_arms
-from .data import DataConfig
+from .analysis.stats import paired_difference
+from .analysis.student_probe import probe_student
+from .data import DataConfig, build_split
+from .data.labels import check_label_budget
 from .distill.run import DistillRun, LossSection, StudentSection, TeacherSection, run_distillation
 from .distill.timesteps import TimestepConfig
+from .errors import RepFusionError
 from .io import write_json, write_text
 from .tasks.finetune import FinetuneRun, ModelSection, run_finetune
 from .teachers.train import TeacherRun, train_teacher
 from .training import OptimConfig, TrainerConfig
 
+ARMS = ("scratch", "repfusion")
+
 
 @dataclass
 class DemoConfig:
+    """Budgets sized for 2 CPU cores and 5 minutes; digits are 16x16, so crops pad 2 px and never flip."""
+
     out: str = "runs/demo"
-    seeds: int = 3
-    teacher_epochs: int = 20
+    seeds: int = 5
+    label_fraction: float = 0.05
+    teacher_epochs: int = 15
     distill_epochs: int = 15
-    finetune_epochs: int = 10
+    finetune_epochs: int = 40
     arch: str = "resnet18_cifar"
     width: float = 0.25
     image_size: int = 16
+    crop_padding: int = 2
+    strategy: str = "reinforced"
+    reward: str = "infonce"
     progress: bool = True
+    resume: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
 
 def quick(cfg: DemoConfig) -> DemoConfig:
-    """The shortened demo the tests run: every stage, one epoch each, two seeds."""
-    return DemoConfig(out=cfg.out, seeds=2, teacher_epochs=1, distill_epochs=1, finetune_epochs=1,
-                      width=0.125, progress=False)
+    """The shortened demo the tests run: every stage, one or two epochs each, the seeds asked for."""
+    return DemoConfig(out=cfg.out, seeds=cfg.seeds, label_fraction=cfg.label_fraction, teacher_epochs=1,
+                      distill_epochs=1, finetune_epochs=2, width=0.125, progress=False, resume=cfg.resume)
 
 
-def _trainer(epochs: int, cfg: DemoConfig, seed: int = 0, ema: float | None = 0.99) -> TrainerConfig:
-    return TrainerConfig(max_epochs=epochs, seed=seed, ema_decay=ema, progress=cfg.progress, log_every_n_steps=5)
+def check_demo(cfg: DemoConfig) -> None:
+    """One sentence for each bad setting, before anything is written."""
+    if cfg.seeds < 2:
+        raise RepFusionError(f"--seeds must be at least 2 for a confidence interval, not {cfg.seeds}.")
+    check_label_budget(cfg.label_fraction, None)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise RepFusionError(f"--out {out} is a file; give a folder for the demo's runs and report.")
+    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
+        raise RepFusionError(f"{out} already holds a demo; pass --resume to continue or reuse it, or choose "
+                             "another --out.")
 
 
-def _stage(name: str, cfg: DemoConfig, fn):
+def _trainer(epochs: int, cfg: DemoConfig, seed: int = 0, ema: float | None = 0.99, **extra: Any) -> TrainerConfig:
+    return TrainerConfig(max_epochs=epochs, seed=seed, ema_decay=ema, progress=cfg.progress, log_every_n_steps=5,
+                         **extra)
+
+
+def _stage(name: str, cfg: DemoConfig, fn: Callable[[], Any]) -> Any:
     print(f"\n== {name}", flush=True)
     start = time.time()
     result = fn()
@@ -55,78 +89,146 @@ def _stage(name: str, cfg: DemoConfig, fn):
     return result
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    out = Path(cfg.out)
-    start = time.time()
-    data = DataConfig(source="digits", image_size=cfg.image_size, batch_size=64)
-    teacher_run = TeacherRun(teacher="tiny-16", data=DataConfig(source="digits", image_size=cfg.image_size,
-                                                                batch_size=64, crop_padding=0),
-                             optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.0, schedule="constant"),
-                             trainer=_trainer(cfg.teacher_epochs, cfg, ema=0.99), samples=16, sample_steps=50)
-    teacher_dir = _stage("1/4 train the teacher DDPM", cfg, lambda: train_teacher(teacher_run, out / "teacher"))
+def _once(done: Path, run: Callable[[bool], Any], run_dir: Path, cfg: DemoConfig) -> Any:
+    """Skip a stage whose output exists; continue an interrupted one from its checkpoint (--resume)."""
+    if done.exists():
+        return None
+    resume = cfg.resume and (run_dir / "checkpoints" / "last.ckpt").exists()
+    return run(resume)
 
-    distill_run = DistillRun(
+
+def data_config(cfg: DemoConfig, **changes: Any) -> DataConfig:
+    settings: dict[str, Any] = dict(source="digits", image_size=cfg.image_size, batch_size=64,
+                                    crop_padding=cfg.crop_padding, flip=False)
+    return DataConfig(**{**settings, **changes})
+
+
+def distill_config(cfg: DemoConfig, teacher_dir: Path) -> DistillRun:
+    """Our label-free RepFusion: per-t standardised hint target, 20-bin policy, normalised advantage."""
+    return DistillRun(
         teacher=TeacherSection(source=str(teacher_dir)),
         student=StudentSection(arch=cfg.arch, width=cfg.width),
-        loss=LossSection(name="hint"),
-        timesteps=TimestepConfig(strategy="reinforced", entropy_weight=0.1,
-                                 entropy_decay_epochs=max(1, cfg.distill_epochs // 2), baseline="batch_mean"),
-        data=data, optim=OptimConfig(lr=0.05), trainer=_trainer(cfg.distill_epochs, cfg),
+        loss=LossSection(name="hint", target_norm="per_t"),
+        timesteps=TimestepConfig(strategy=cfg.strategy, entropy_weight=0.1,
+                                 entropy_decay_epochs=max(1, cfg.distill_epochs // 2), policy_bins=20,
+                                 advantage="normalized", policy_warmup_epochs=1.0 if cfg.distill_epochs > 2 else 0.0),
+        reward=cfg.reward, data=data_config(cfg), optim=OptimConfig(lr=0.05), trainer=_trainer(cfg.distill_epochs, cfg),
     )
-    _stage("2/4 distil with the reinforced timestep policy", cfg,
-           lambda: run_distillation(distill_run, out / "distill"))
 
-    arms: dict[str, list[float]] = {"scratch": [], "repfusion": []}
+
+def finetune_config(cfg: DemoConfig, init: Path | None, seed: int) -> FinetuneRun:
+    """Both arms: the same labelled subset (drawn with the seed), budget, augmentation and optimiser."""
+    return FinetuneRun(init=str(init) if init else None, student=ModelSection(cfg.arch, cfg.width),
+                       data=data_config(cfg, label_fraction=cfg.label_fraction, split_seed=seed, batch_size=32),
+                       optim=OptimConfig(lr=0.05, nesterov=True),
+                       trainer=_trainer(cfg.finetune_epochs, cfg, seed=seed,
+                                        check_val_every_n_epoch=max(1, cfg.finetune_epochs // 4)))
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    check_demo(cfg)
+    out = Path(cfg.out)
+    start = time.time()
+    teacher_run = TeacherRun(teacher="tiny-16", data=data_config(cfg, crop_padding=0),
+                             optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.0, schedule="constant"),
+                             trainer=_trainer(cfg.teacher_epochs, cfg), samples=16, sample_steps=50)
+    teacher_dir = out / "teacher" / "teacher"
+    _stage("1/5 train the teacher DDPM on every training image (no labels)", cfg,
+           lambda: _once(teacher_dir / "config.json", lambda r: train_teacher(teacher_run, out / "teacher", r),
+                         out / "teacher", cfg))
+
+    distill_dir = out / "distill"
+    _stage("2/5 distil it into the student (no labels)", cfg,
+           lambda: _once(distill_dir / "student" / "config.json",
+                         lambda r: run_distillation(distill_config(cfg, teacher_dir), distill_dir, r), distill_dir, cfg))
+
+    def probes() -> dict[str, dict[str, float]]:
+        data = data_config(cfg)
+        train, test = build_split(data, train=True), build_split(data, train=False)
+        found = {name: probe_student(source, train, test, arch=cfg.arch, width=cfg.width)
+                 for name, source in (("random init", "random"), ("distilled", distill_dir))}
+        for name, scores in found.items():
+            print(f"   {name:>11}: linear probe {100 * scores['linear_probe']:.2f} %, "
+                  f"k-NN {100 * scores['knn']:.2f} %", flush=True)
+        return found
+
+    probe = _stage("3/5 probe the frozen backbones (all training labels, no fine-tuning)", cfg, probes)
+
+    arms: dict[str, list[float]] = {arm: [] for arm in ARMS}
 
     def finetune_all() -> None:
         for seed in range(cfg.seeds):
-            for arm in arms:
-                run = FinetuneRun(init=str(out / "distill") if arm == "repfusion" else None,
-                                  student=ModelSection(cfg.arch, cfg.width), data=data,
-                                  optim=OptimConfig(lr=0.05, nesterov=True),
-                                  trainer=_trainer(cfg.finetune_epochs, cfg, seed=seed))
-                top1 = run_finetune(run, out / f"finetune-{arm}-seed{seed}")["test/top1"]
+            for arm in ARMS:
+                run_dir = out / f"finetune-{arm}-seed{seed}"
+                if not (run_dir / "results.json").exists():
+                    resume = cfg.resume and (run_dir / "checkpoints" / "last.ckpt").exists()
+                    run_finetune(finetune_config(cfg, distill_dir if arm == "repfusion" else None, seed), run_dir,
+                                 resume)
+                top1 = _read_top1(run_dir)
                 arms[arm].append(top1)
                 print(f"   seed {seed} {arm:>9}: test top-1 {100 * top1:.2f} %", flush=True)
 
-    _stage(f"3/4 fine-tune RepFusion and scratch, {cfg.seeds} seeds each", cfg, finetune_all)
-    summary = {arm: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "runs": v}
-               for arm, v in arms.items()}
+    _stage(f"4/5 fine-tune on {100 * cfg.label_fraction:g} % of the labels, RepFusion and scratch, "
+           f"{cfg.seeds} seeds each", cfg, finetune_all)
+    summary = {arm: {"mean": statistics.mean(v), "std": statistics.stdev(v), "runs": v} for arm, v in arms.items()}
+    difference = paired_difference(arms["repfusion"], arms["scratch"]).as_dict()
     wall = time.time() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"summary": summary, "timings_s": cfg.timings, "wall_s": wall, "peak_rss_mb": peak_mb,
-              "config": {k: v for k, v in cfg.__dict__.items() if k != "timings"}}
-    _stage("4/4 write the report", cfg, lambda: write_report(out, result))
+    result = {"summary": summary, "paired_difference": difference, "probe": probe, "timings_s": cfg.timings,
+              "wall_s": wall, "peak_rss_mb": peak_mb,
+              "config": {k: v for k, v in asdict(cfg).items() if k not in ("timings", "progress", "resume")}}
+    _stage("5/5 write the report", cfg, lambda: write_report(out, result))
     write_json(out / "results.json", result)
-    print("\n" + results_table(summary))
+    print("\n" + results_table(summary, difference))
     print(f"\nwall time {wall:.0f} s, peak memory {peak_mb:.0f} MB; report: {out / 'report.md'}")
     return result
 
 
-def results_table(summary: dict) -> str:
+def _read_top1(run_dir: Path) -> float:
+    import json
+
+    return float(json.loads((run_dir / "results.json").read_text())["test/top1"])
+
+
+def results_table(summary: dict, difference: dict) -> str:
     lines = ["| init | test top-1 (mean ± std) | runs |", "|---|---|---|"]
     for arm, s in summary.items():
         runs = ", ".join(f"{100 * r:.2f}" for r in s["runs"])
         lines.append(f"| {arm} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} % | {runs} |")
+    lines.append(f"| repfusion - scratch (paired, {difference['n']} seeds) | {100 * difference['mean']:+.2f} points, "
+                 f"95 % CI [{100 * difference['low']:+.2f}, {100 * difference['high']:+.2f}] | |")
     return "\n".join(lines)
 
 
 def write_report(out: Path, result: dict) -> None:
-    summary = result["summary"]
+    summary, cfg = result["summary"], result["config"]
     plot_arms({arm: [100 * r for r in s["runs"]] for arm, s in summary.items()}, out / "accuracy.png",
-              "digits: scratch vs RepFusion")
+              f"digits, {100 * cfg['label_fraction']:g} % labels: scratch vs RepFusion")
     timings = "\n".join(f"| {k} | {v:.1f} |" for k, v in result["timings_s"].items())
+    probes = "\n".join(f"| {name} | {100 * s['linear_probe']:.2f} | {100 * s['knn']:.2f} |"
+                       for name, s in result["probe"].items())
     text = f"""# RepFusion demo report
 
-Embedded digits (scikit-learn, {result['config']['image_size']}x{result['config']['image_size']} RGB), student
-{result['config']['arch']} at width {result['config']['width']}, {result['config']['seeds']} seeds per arm,
-identical fine-tuning budget ({result['config']['finetune_epochs']} epochs) for both inits.
+Embedded digits (scikit-learn, {cfg['image_size']}x{cfg['image_size']} RGB). The teacher DDPM and the
+distillation use every training image without labels; fine-tuning sees {100 * cfg['label_fraction']:g} % of the
+labels (a stratified subset drawn per seed, the same for both arms). Student {cfg['arch']} at width
+{cfg['width']}, {cfg['seeds']} seeds per arm, identical fine-tuning budget ({cfg['finetune_epochs']} epochs),
+augmentation (crop with {cfg['crop_padding']} px padding, no flips) and optimiser for both inits.
 
 ## Result
 
-{results_table(summary)}
+{results_table(summary, result['paired_difference'])}
 
 ![accuracy](accuracy.png)
+
+## What the frozen backbones know
+
+Linear probe and k-NN (k = 20, cosine) on the pooled last-stage features, fitted with every training
+label, before any fine-tuning:
+
+| backbone | linear probe (%) | k-NN (%) |
+|---|---|---|
+{probes}
 
 ## The teacher
 
@@ -136,7 +238,9 @@ Samples from the DDPM trained in stage 1 (DDIM, 50 steps):
 
 ## Distillation
 
-Loss terms, task-head accuracy, policy entropy and mean sampled t per epoch:
+Hint target standardised per t-bin (`target_norm: per_t`), timestep policy over 20 bins with normalised
+advantages and the label-free InfoNCE reward. Loss terms, reward-head accuracy, policy entropy and mean
+sampled t per epoch:
 
 ![curves](distill/curves.png)
 

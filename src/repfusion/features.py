@@ -120,6 +120,11 @@ class FeatureTap:
         return out
 
 
+def pooled(feature: torch.Tensor) -> torch.Tensor:
+    """Global average pool (B, C, H, W) -> (B, C); vectors pass through."""
+    return feature.flatten(2).mean(-1) if feature.dim() == 4 else feature.flatten(1)
+
+
 def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     """The output of one named module for input `x` (the whole forward runs)."""
     with FeatureTap(model, [layer]) as tap:

@@ -1,9 +1,17 @@
-"""Atomic file output: a kill at any moment leaves either the old file or the new one, never half."""
+"""Atomic file output: a kill at any moment leaves either the old file or the new one, never half.
+
+Temporary files and staging folders live beside their target (so the final rename is atomic) and are
+given the permissions a plain `open`/`mkdir` would give (0666/0777 less the umask), not mkstemp's 0600.
+`tidy_run_dir` removes what a killed process left behind and finishes an interrupted folder swap.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,13 +23,35 @@ from safetensors.torch import load_file, save_file
 from .errors import RepFusionError
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)` then rename onto `path` (same folder, so the rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
+        _normal_mode(tmp)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -30,7 +60,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a power cut after it keeps the new name)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -79,19 +124,51 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
 
 
-def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
-    """Move a fully written folder into place; an older folder of that name is swapped out, then removed."""
-    import shutil
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
 
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def _backup_name(final_dir: Path) -> Path:
+    return final_dir.with_name(f".{final_dir.name}.old")
+
+
+def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
+    """Move a fully written folder into place so that `final_dir` always names a complete folder.
+
+    Over an existing folder the two are exchanged in one atomic step where the system allows it (Linux);
+    elsewhere the old folder is first renamed to `.NAME.old`, which `tidy_run_dir` renames back if a kill
+    falls between the two renames. The old content is removed last.
+    """
     final_dir, tmp_dir = Path(final_dir), Path(tmp_dir)
-    old = final_dir.with_name(f".{final_dir.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
+    backup = _backup_name(final_dir)
+    if backup.exists() and final_dir.exists():
+        shutil.rmtree(backup)
+    if final_dir.exists() and _exchange(tmp_dir, final_dir):
+        shutil.rmtree(tmp_dir)  # now holds the old folder
+        _fsync_dir(final_dir.parent)
+        return final_dir
     if final_dir.exists():
-        os.replace(final_dir, old)
+        os.replace(final_dir, backup)
     os.replace(tmp_dir, final_dir)
-    if old.exists():
-        shutil.rmtree(old)
+    _fsync_dir(final_dir.parent)
+    if backup.exists():
+        shutil.rmtree(backup)
     return final_dir
 
 
@@ -99,4 +176,49 @@ def staging_dir(final_dir: str | os.PathLike) -> Path:
     """A fresh temporary folder beside `final_dir`, for `replace_dir` once everything is written."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+    _normal_mode(tmp, directory=True)
+    return tmp
+
+
+def tidy_run_dir(run_dir: str | os.PathLike, exports: tuple[str, ...] = ("student", "model", "teacher")) -> list[Path]:
+    """Undo what a killed process left in a run folder: finish an interrupted folder swap, remove staging
+    folders of unfinished exports and temporary files of unfinished writes. Returns what was removed."""
+    run_dir = Path(run_dir)
+    removed: list[Path] = []
+    if not run_dir.is_dir():
+        return removed
+    for name in exports:
+        final, backup = run_dir / name, _backup_name(run_dir / name)
+        if backup.is_dir() and not final.exists():
+            os.replace(backup, final)  # killed between the two renames: the old export is still whole
+        for stale in run_dir.glob(f".{name}.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+                removed.append(stale)
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir():
+            for stale in folder.glob(f".*{TMP_SUFFIX}"):
+                if stale.is_file():
+                    stale.unlink(missing_ok=True)
+                    removed.append(stale)
+    return removed
+
+
+def check_writable_dir(folder: str | os.PathLike, what: str = "--run-dir") -> None:
+    """Refuse, in one sentence, an output folder that is a file or cannot be written (checked by writing)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RepFusionError(f"{what} {folder} is a file, not a folder; give a folder path (it is created if missing).")
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RepFusionError(f"{what} {folder} cannot be created because {probe} is a file; give another path.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-check.", suffix=TMP_SUFFIX, dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RepFusionError(f"{what} {folder} is not writable ({e.strerror or e} in {probe}); "
+                             "choose a folder you can write to.") from None

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 
 from .data.augment import BatchAugment
+from .ema import trainable_tensors
 from .training import OptimConfig, configure_optimization
 
 
@@ -26,6 +27,11 @@ class Stage(pl.LightningModule):
 
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
         return self.parameters()
+
+    def ema_tensors(self) -> dict[str, torch.Tensor]:
+        """What the EMA callback averages (state-dict name -> tensor): trainable parameters and BatchNorm
+        statistics of the parts that train; a frozen teacher is left out, so it is never copied."""
+        return trainable_tensors(self)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return configure_optimization(self.trainable_parameters(), self.optim, max(1, self.trainer.max_epochs or 1))

@@ -5,16 +5,20 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
+from .ema import EMA
+from .config import JSONValue
 from .errors import RepFusionError
+from .runstate import AtomicCheckpointIO, EpochCheckpoint, RunCSVLogger, RunState, nonfinite_message
+from .runstate import prepare_run as prepare_run, restore_finished as restore_finished  # the runners' entry
+from .runstate import resume_path as resume_path  # points
 
 
 @dataclass
@@ -79,7 +83,7 @@ class TrainerConfig:
     max_epochs: int = 200
     max_steps: int = -1
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: int | str | list[int] = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
@@ -88,13 +92,76 @@ class TrainerConfig:
     channels_last: bool = False
     seed: int = 0
     ema_decay: float | None = 0.999
-    limit_train_batches: float | int | None = None
-    limit_val_batches: float | int | None = None
+    limit_train_batches: int | float | None = None  # an int is a number of batches, a float a fraction
+    limit_val_batches: int | float | None = None
     check_val_every_n_epoch: int = 1
     checkpoint_every_n_steps: int | None = None
     log_every_n_steps: int = 10
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, JSONValue] = field(default_factory=dict)
+
+
+# Trainer arguments `extra` may set: plain values that do not clash with what build_trainer sets itself.
+EXTRA_TRAINER_KEYS = ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm", "min_epochs",
+                      "min_steps", "max_time", "val_check_interval", "num_sanity_val_steps", "limit_test_batches",
+                      "overfit_batches", "benchmark", "inference_mode", "detect_anomaly", "profiler",
+                      "reload_dataloaders_every_n_epochs")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+
+
+def _precisions() -> tuple[str, ...]:
+    from typing import get_args
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR
+
+    return tuple(get_args(_PRECISION_INPUT_STR)) + ("64", "32", "16", "bf16")
+
+
+def _check_limit(value: int | float | None, key: str) -> None:
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int) and value < 0 or isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise RepFusionError(f"{key} must be a number of batches (an integer >= 0) or a fraction in [0.0, 1.0], "
+                             f"not {value}.")
+
+
+def check_trainer_config(cfg: TrainerConfig, name: str = "trainer") -> None:
+    """One sentence for every value Lightning would otherwise reject with a traceback (or silently misread)."""
+    if cfg.max_epochs < 1 and not (cfg.max_epochs == -1 and cfg.max_steps >= 1):
+        raise RepFusionError(f"{name}.max_epochs must be at least 1 (or -1 with {name}.max_steps set), "
+                             f"not {cfg.max_epochs}.")
+    if cfg.max_steps < 1 and cfg.max_steps != -1:
+        raise RepFusionError(f"{name}.max_steps must be at least 1, or -1 for no limit, not {cfg.max_steps}.")
+    if str(cfg.accelerator) not in ACCELERATORS:
+        raise RepFusionError(f"{name}.accelerator must be one of {', '.join(ACCELERATORS)}, not '{cfg.accelerator}'.")
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise RepFusionError(f"{name}.accelerator is '{cfg.accelerator}' but torch sees no CUDA GPU here; "
+                             "use cpu or auto.")
+    if str(cfg.precision) not in _precisions():
+        raise RepFusionError(f"{name}.precision must be one of {', '.join(_precisions()[2:8])} "
+                             f"(Lightning's names), not '{cfg.precision}'.")
+    if isinstance(cfg.devices, int) and cfg.devices == 0 or isinstance(cfg.devices, list) and not cfg.devices:
+        raise RepFusionError(f"{name}.devices must name at least one device (a count, a list of ids, or auto).")
+    if cfg.num_nodes < 1:
+        raise RepFusionError(f"{name}.num_nodes must be at least 1, not {cfg.num_nodes}.")
+    if cfg.ema_decay is not None and not 0.0 <= cfg.ema_decay < 1.0:
+        raise RepFusionError(f"{name}.ema_decay must be in [0, 1) (or null for no EMA), not {cfg.ema_decay}.")
+    _check_limit(cfg.limit_train_batches, f"{name}.limit_train_batches")
+    _check_limit(cfg.limit_val_batches, f"{name}.limit_val_batches")
+    if cfg.limit_train_batches == 0:
+        raise RepFusionError(f"{name}.limit_train_batches 0 would train nothing; give a number of batches >= 1.")
+    if cfg.check_val_every_n_epoch < 1:
+        raise RepFusionError(f"{name}.check_val_every_n_epoch must be at least 1, not {cfg.check_val_every_n_epoch}.")
+    if cfg.checkpoint_every_n_steps is not None and cfg.checkpoint_every_n_steps < 1:
+        raise RepFusionError(f"{name}.checkpoint_every_n_steps must be at least 1 (or null for epoch ends only), "
+                             f"not {cfg.checkpoint_every_n_steps}.")
+    if cfg.log_every_n_steps < 1:
+        raise RepFusionError(f"{name}.log_every_n_steps must be at least 1, not {cfg.log_every_n_steps}.")
+    for key in cfg.extra:
+        if key not in EXTRA_TRAINER_KEYS:
+            own = {f.name for f in fields(TrainerConfig)}
+            hint = f"set {name}.{key} instead" if key in own else f"it accepts {', '.join(EXTRA_TRAINER_KEYS)}"
+            raise RepFusionError(f"{name}.extra does not accept the Trainer argument '{key}'; {hint}.")
 
 
 class NonFiniteLossGuard(Callback):
@@ -114,10 +181,7 @@ class NonFiniteLossGuard(Callback):
             if params and not torch.stack([p.abs().max() for p in params]).isfinite().all():
                 bad = "The weights became non-finite"
         if bad:
-            raise RepFusionError(
-                f"{bad} at step {trainer.global_step} (epoch {trainer.current_epoch}); the run stopped and its "
-                "last good checkpoint is kept: lower optim.lr or check the data, then rerun with --resume."
-            )
+            raise RepFusionError(nonfinite_message(trainer, bad))
 
 
 class AverageNormStats(Callback):
@@ -168,10 +232,10 @@ QUIET_WARNINGS = (
     ".*module\\(s\\) in eval mode.*",
     ".*overridden `on_after_batch_transfer`.*",
     ".*LeafSpec.*",
-    ".*WeightAveraging.*",
     ".*Checkpoint directory.*exists and is not empty.*",
     ".*sync_dist=True.*",
     ".*Experiment logs directory.*",
+    ".*your dataloader is not resumable.*",  # it is: runstate.EpochSampler skips the batches already trained
 )
 
 
@@ -180,16 +244,16 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
     """A Trainer that writes checkpoints/last.ckpt (+ best.ckpt), metrics.csv and progress to run_dir."""
     ckpt_dir = run_dir / "checkpoints"
     cbs: list[Callback] = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_last=False, save_top_k=1,
-                        every_n_train_steps=cfg.checkpoint_every_n_steps, enable_version_counter=False),
+        EpochCheckpoint(ckpt_dir, cfg.checkpoint_every_n_steps),
         NonFiniteLossGuard(),
         RankSeed(cfg.seed),
+        RunState(),
     ]
     if monitor is not None:
         cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                    enable_version_counter=False))
     if cfg.ema_decay is not None:
-        cbs.append(EMAWeightAveraging(decay=cfg.ema_decay))
+        cbs.append(EMA(cfg.ema_decay))
     cbs.append(AverageNormStats())  # after the EMA callback, so it sees the swapped-in weights
     if cfg.channels_last:
         cbs.append(ChannelsLast())
@@ -214,23 +278,10 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
         limit_val_batches=cfg.limit_val_batches,
         check_val_every_n_epoch=cfg.check_val_every_n_epoch,
         log_every_n_steps=cfg.log_every_n_steps,
-        logger=CSVLogger(save_dir=run_dir, name="", version=""),
+        logger=RunCSVLogger(save_dir=run_dir, name="", version=""),
+        plugins=[AtomicCheckpointIO()],
         callbacks=cbs,
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
         **cfg.extra,
     )
-
-
-def resume_path(run_dir: Path, resume: bool) -> str | None:
-    """last.ckpt of an interrupted run when --resume is given; a fresh run refuses to overwrite one."""
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if resume:
-        if not last.exists():
-            raise RepFusionError(f"--resume was given but {last} does not exist; drop --resume to start afresh.")
-        return str(last)
-    if last.exists():
-        raise RepFusionError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir."
-        )
-    return None

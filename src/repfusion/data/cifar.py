@@ -24,12 +24,50 @@ def _names(values: list) -> list[str]:
     return [v.decode("latin1") if isinstance(v, bytes) else str(v) for v in values]
 
 
+# The only globals a real CIFAR batch refers to: numpy's array reconstruction (numpy 1 and 2 module names,
+# protocols 2-5) and `_codecs.encode`, which protocol-2 pickles written by Python 3 use for bytes.
+ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class RefusedPickle(Exception):
+    """A pickle asked for a global outside ALLOWED_GLOBALS; it was not imported."""
+
+
+class DataOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes, numbers and numpy arrays; refuses any other global before it is
+    imported, so a crafted file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise RefusedPickle(f"{module}.{name}")
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
+        if name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        try:
+            from numpy._core import multiarray, numeric  # numpy >= 2
+        except ImportError:  # pragma: no cover - numpy 1
+            from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+        return getattr(multiarray if name == "_reconstruct" else numeric, name)
+
+
 def load_pickle(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = DataOnlyUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise RepFusionError(f"CIFAR file {path} is missing; point data.root at a cifar-10-batches-py folder.") from None
+    except RefusedPickle as e:
+        raise RepFusionError(
+            f"{path} asks to load '{e}', which a CIFAR batch never holds (only dicts, lists, bytes and numpy "
+            "arrays); repfusion refused it without running it: download the 'python version' archive again."
+        ) from None
     except Exception as e:
         raise RepFusionError(
             f"{path} is not a CIFAR python-format batch ({type(e).__name__}); download the 'python version' archive."

@@ -13,6 +13,7 @@ from ..errors import RepFusionError, unknown_name_error
 from .cifar import cifar
 from .datasets import image_folder
 from .digits import digits
+from .labels import check_label_budget, dataset_labels, stratified_subset
 from .tiny_imagenet import tiny_imagenet
 
 SOURCES = ("digits", "cifar", "folder", "tiny-imagenet")
@@ -26,6 +27,13 @@ class DataConfig:
     folder (root/train/<class>/*, root/val/<class>/*, or root/<class>/* split by val_fraction),
     tiny-imagenet. val_fraction > 0 holds that share of the training images out for validation and
     model choices; 0 validates on the test split (the paper's CIFAR protocol).
+
+    label_fraction (in (0, 1]) or labels_per_class: the label-scarce regime. Fine-tuning trains on a
+    class-stratified subset of the training split left after the validation holdout, drawn with
+    split_seed (each class keeps round(fraction x its count), at least one image; a smaller budget is a
+    subset of a larger one). Only fine-tuning applies it (`ImageDataModule(..., labelled_only=True)`):
+    the teacher and the distillation always read every training image, so one data section can be
+    shared by every stage of an experiment; validation and test are never cut.
     """
 
     source: str = "digits"
@@ -40,6 +48,11 @@ class DataConfig:
     flip: bool = True
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    label_fraction: float = 1.0
+    labels_per_class: int | None = None
+
+    def __post_init__(self) -> None:
+        check_label_budget(self.label_fraction, self.labels_per_class)
 
 
 def build_split(config: DataConfig, train: bool) -> Dataset:
@@ -72,9 +85,11 @@ def _holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
 class ImageDataModule(pl.LightningDataModule):
     """Train / val / test loaders; uint8 batches, augmented later on the device (see BatchAugment)."""
 
-    def __init__(self, config: DataConfig) -> None:
+    def __init__(self, config: DataConfig, labelled_only: bool = False) -> None:
+        """labelled_only: cut the training split to data.label_fraction / labels_per_class (fine-tuning)."""
         super().__init__()
         self.config = config
+        self.labelled_only = labelled_only
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -99,6 +114,10 @@ class ImageDataModule(pl.LightningDataModule):
             self.train_set, self.val_set = Subset(full_train, train_idx), Subset(full_train, val_idx)
         else:
             self.train_set, self.val_set = full_train, self.test_set
+        if self.labelled_only and (cfg.label_fraction < 1.0 or cfg.labels_per_class is not None):
+            keep = stratified_subset(dataset_labels(self.train_set), cfg.label_fraction, cfg.labels_per_class,
+                                     cfg.split_seed)
+            self.train_set = Subset(self.train_set, keep)
         if cfg.train_limit is not None:
             self.train_set = Subset(self.train_set, list(range(min(cfg.train_limit, len(self.train_set)))))
 
@@ -115,13 +134,23 @@ class ImageDataModule(pl.LightningDataModule):
         return tuple(self.train_set[0][0].shape)  # type: ignore[index]
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        sampler = None
+        trainer = getattr(self, "trainer", None)
+        if shuffle and (trainer is None or trainer.world_size == 1):
+            # resumable order (see runstate.EpochSampler); multi-process runs keep Lightning's DistributedSampler
+            from ..runstate import EpochSampler
+
+            sampler = EpochSampler(len(dataset), self.config.batch_size, torch.initial_seed(),  # type: ignore[arg-type]
+                                   lambda: getattr(self, "trainer", None))
         return DataLoader(
             dataset,  # type: ignore[arg-type]
             batch_size=self.config.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             num_workers=self.config.num_workers,
             drop_last=shuffle and len(dataset) > self.config.batch_size,  # type: ignore[arg-type]
             persistent_workers=self.config.num_workers > 0,
+            generator=torch.Generator().manual_seed(torch.initial_seed()),  # never draws from the global stream
         )
 
     def train_dataloader(self) -> DataLoader:

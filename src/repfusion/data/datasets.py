@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,4 +79,26 @@ def image_folder(root: str | Path, image_size: int | None = None) -> FileImageDa
         raise RepFusionError(
             f"Dataset folder {root} holds no images in class sub-folders; put each class's images in root/<class>/."
         )
+    note_grayscale(root, files)
     return FileImageDataset(files, labels, classes, image_size)
+
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+_noted: set[str] = set()
+
+
+def note_grayscale(root: Path, files: list[Path]) -> None:
+    """Say once per folder that grayscale images are read as RGB (every image is; the first few are looked at)."""
+    if str(root) in _noted:
+        return
+    for path in files[:: max(1, len(files) // 8)][:8]:
+        try:
+            with Image.open(path) as img:
+                gray = img.mode in GRAY_MODES
+        except (UnidentifiedImageError, OSError):
+            continue  # a corrupt file is reported when it is read
+        if gray:
+            _noted.add(str(root))
+            print(f"note: the images in {root} are grayscale; they are read as RGB (the gray value in all three "
+                  "channels), which is what a 3-channel teacher and student take.", file=sys.stderr)
+            return

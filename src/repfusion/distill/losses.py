@@ -14,15 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RepFusionError
+from ..features import pooled
 from ..registry import Registry
 
 LOSSES: Registry[type[nn.Module]] = Registry("distillation loss")
 Shape = Sequence[int]
-
-
-def pooled(feature: torch.Tensor) -> torch.Tensor:
-    """Global average pool (B, C, H, W) -> (B, C); vectors pass through."""
-    return feature.flatten(2).mean(-1) if feature.dim() == 4 else feature.flatten(1)
 
 
 def resize_to(feature: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

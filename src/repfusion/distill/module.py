@@ -29,7 +29,8 @@ class Distillation(Stage):
     def __init__(self, teacher: DiffusionTeacher, student: nn.Module, distill_loss: nn.Module,
                  timesteps: TimestepStrategy, reward_head: nn.Module, optim: OptimConfig, image_size: int,
                  teacher_layer: str, student_layer: str, noise_mode: str = "clean", kd_weight: float = 1.0,
-                 normalize: Normalize | None = None, crop_padding: int = 4, flip: bool = True) -> None:
+                 normalize: Normalize | None = None, crop_padding: int = 4, flip: bool = True,
+                 target_norm: nn.Module | None = None) -> None:
         super().__init__(image_size, optim, crop_padding, flip)
         self.teacher = teacher
         self.student = student
@@ -39,6 +40,7 @@ class Distillation(Stage):
         self.normalize = normalize or Normalize()
         self.teacher_layer, self.student_layer = teacher_layer, student_layer
         self.noise_mode, self.kd_weight = noise_mode, kd_weight
+        self.target_norm = target_norm
         self.truncate_teacher = True  # False re-creates the reference: full UNet forward, read by a hook
         # DDP's documented opt-out: the frozen teacher is neither broadcast nor bucketed for all-reduce.
         self._ddp_params_and_buffers_to_ignore = [f"teacher.{n}" for n, _ in teacher.named_parameters()] + [
@@ -60,10 +62,12 @@ class Distillation(Stage):
         return layer_output(self.student, self.student_layer, x)
 
     def teacher_features(self, images01: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The distillation target f_T(x, t): the hooked teacher layer, standardised per t-bin if configured."""
         self.teacher.eval()  # Lightning restores saved per-module modes directly, bypassing train()
         pixels = images01 * 2 - 1
-        return self.teacher(pixels, t, (self.teacher_layer,), self.noise_mode, truncate=self.truncate_teacher)[
+        feature = self.teacher(pixels, t, (self.teacher_layer,), self.noise_mode, truncate=self.truncate_teacher)[
             self.teacher_layer]
+        return feature if self.target_norm is None else self.target_norm(feature, t)
 
     def epoch_progress(self, batch_idx: int) -> float:
         batches = self.trainer.num_training_batches if self._trainer is not None else 0

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry
-from .losses import pooled
+from ..features import pooled
 
 REWARDS: Registry[type[nn.Module]] = Registry("reward")
 

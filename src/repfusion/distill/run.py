@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,16 +11,18 @@ import lightning.pytorch as pl
 import torch
 
 from ..analysis.plots import plot_curves, plot_timestep_history
+from ..config import JSONValue
 from ..data import DataConfig, ImageDataModule, Normalize
 from ..errors import RepFusionError
 from ..features import layer_output, resolve_modules
 from ..io import replace_dir, staging_dir, write_json
 from ..students import build_student
 from ..teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher
-from ..training import OptimConfig, TrainerConfig, build_trainer, resume_path
+from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
 from .losses import build_loss
 from .module import Distillation
 from .rewards import build_reward
+from .target_norm import build_target_norm
 from .timesteps import TimestepConfig, build_strategy
 
 
@@ -44,11 +47,17 @@ class StudentSection:
 
 @dataclass
 class LossSection:
-    """name: hint | at | rkd | cosine | l1; options go to the loss (e.g. mode: dense, weight: 1000)."""
+    """name: hint | at | rkd | cosine | l1; options go to the loss (e.g. mode: dense, weight: 1000).
+
+    target_norm: per_t (ours: the teacher feature standardised per t-bin, `target_bins` bins, so the
+    target carries no per-t offset) or none (the paper's raw teacher feature).
+    """
 
     name: str = "hint"
     kd_weight: float = 1.0
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, JSONValue] = field(default_factory=dict)  # plain data, never a class_path
+    target_norm: str = "per_t"
+    target_bins: int = 20
 
 
 @dataclass
@@ -87,10 +96,11 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
         raise RepFusionError("The reinforced policy needs a reward: set reward to label or infonce, or use a "
                              "fixed/uniform timestep strategy.")
     reward = build_reward(cfg.reward, teacher_shape[0], student_shape[0], datamodule.num_classes)
+    target_norm = build_target_norm(cfg.loss.target_norm, teacher_shape[0], teacher.num_timesteps, cfg.loss.target_bins)
     return Distillation(
         teacher, student, loss, build_strategy(cfg.timesteps, teacher.num_timesteps), reward, cfg.optim, height,
         cfg.teacher.layer, student_layer, cfg.teacher.noise_mode, cfg.loss.kd_weight,
-        Normalize(cfg.data.mean, cfg.data.std), cfg.data.crop_padding, cfg.data.flip,
+        Normalize(cfg.data.mean, cfg.data.std), cfg.data.crop_padding, cfg.data.flip, target_norm,
     )
 
 
@@ -106,12 +116,16 @@ def export_student(module: Distillation, cfg: DistillRun, out: Path) -> Path:
     return replace_dir(tmp, out)
 
 
-def run_distillation(cfg: DistillRun, run_dir: Path, resume: bool = False) -> Path:
+def run_distillation(cfg: DistillRun, run_dir: Path, resume: bool = False,
+                     on_start: Callable[[], None] | None = None) -> Path:
+    """Everything is built and checked (resume included) before `on_start` and the first write."""
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = ImageDataModule(cfg.data)
     module = build_distillation(cfg, datamodule)
     trainer = build_trainer(cfg.trainer, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(run_dir, resume), weights_only=True)
+    ckpt = prepare_run(run_dir, resume, module, on_start)
+    if not restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps):  # killed in export
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     out = run_dir / "student"
     if trainer.is_global_zero:
         export_student(module, cfg, out)

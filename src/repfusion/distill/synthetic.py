@@ -12,18 +12,22 @@ from .timesteps import TimestepConfig, build_strategy
 
 def band_mass(policy, band: tuple[int, int], samples: int = 256) -> float:
     with torch.no_grad():
-        probs = policy.distribution(torch.randn(samples, 3, 32, 32)).probs.mean(0)
+        probs = policy.t_distribution(policy.distribution(torch.randn(samples, 3, 32, 32)).probs).mean(0)
     return probs[band[0]:band[1]].sum().item()
 
 
 def train_policy_on_band(baseline: str = "none", lr: float = 0.01, steps: int = 300, seed: int = 0,
                          band: tuple[int, int] = (100, 200), batch: int = 64, width: int = 16,
-                         entropy_weight: float = 0.01) -> list[float]:
-    """Train policy + task head with REINFORCE; return the policy's mass inside `band` every 50 steps."""
+                         entropy_weight: float = 0.01, **options: object) -> list[float]:
+    """Train policy + task head with REINFORCE; return the policy's mass inside `band` every 50 steps.
+
+    `options` are further `TimestepConfig` fields (policy_bins, advantage, policy_warmup_epochs), with the
+    run's progress counted in epochs from 0 to 1.
+    """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    policy = build_strategy(TimestepConfig(entropy_weight=entropy_weight, entropy_decay_epochs=1, baseline=baseline),
-                            1000)
+    policy = build_strategy(TimestepConfig(entropy_weight=entropy_weight, entropy_decay_epochs=1, baseline=baseline,
+                                           **options), 1000)
     head = build_reward("label", width, 8, 10)
     optimizer = torch.optim.SGD([*policy.parameters(), *head.parameters()], lr=lr, momentum=0.9)
     embeddings = torch.randn(10, width, generator=generator) * 3

@@ -39,6 +39,13 @@ class TimestepConfig:
     `entropy_weight` to 0 over `entropy_decay_epochs`, and `baseline` none (the paper), batch_mean or ema.
     `policy_lr_scale` multiplies the policy's learning rate (1 = the paper's single optimiser); short
     schedules, with a few hundred steps instead of the paper's 78k, need a larger one for pi to move.
+
+    Our options for a policy that learns in hundreds of steps (defaults = the paper):
+    `policy_bins` coarse t-bins (1000 = one per t; with B bins pi picks a bin and t is uniform inside it,
+    so each logit sees 1000/B times more gradient), `advantage` raw (the paper) or normalized (reward
+    minus the batch mean, over the batch std: unit-scale advantages, so the entropy weight means the
+    same at any reward scale), and `policy_warmup_epochs` during which t is drawn from pi but pi is not
+    updated, so the task head behind the reward is better than chance before it steers the policy.
     """
 
     strategy: str = "reinforced"
@@ -52,6 +59,9 @@ class TimestepConfig:
     baseline_momentum: float = 0.9
     policy_arch: str = "lenet"
     policy_lr_scale: float = 1.0
+    policy_bins: int = 1000
+    advantage: str = "raw"
+    policy_warmup_epochs: float = 0.0
 
 
 class TimestepStrategy(nn.Module):
@@ -134,7 +144,13 @@ class ReinforcedTimestep(TimestepStrategy):
             raise RepFusionError(f"timesteps.policy_arch must be 'lenet', not '{cfg.policy_arch}'.")
         if cfg.baseline not in ("none", "batch_mean", "ema"):
             raise RepFusionError(f"timesteps.baseline must be none, batch_mean or ema, not '{cfg.baseline}'.")
-        self.policy = LeNetPolicy(num_timesteps)
+        if cfg.advantage not in ("raw", "normalized"):
+            raise RepFusionError(f"timesteps.advantage must be raw or normalized, not '{cfg.advantage}'.")
+        if not 1 <= cfg.policy_bins <= num_timesteps or num_timesteps % cfg.policy_bins:
+            raise RepFusionError(f"timesteps.policy_bins must divide {num_timesteps} (e.g. 10, 20, 50, 1000), "
+                                 f"not {cfg.policy_bins}.")
+        self.bin_width = num_timesteps // cfg.policy_bins
+        self.policy = LeNetPolicy(cfg.policy_bins)
         self.register_buffer("reward_average", torch.zeros(()))
         self.register_buffer("reward_seen", torch.zeros((), dtype=torch.bool))
 
@@ -146,11 +162,16 @@ class ReinforcedTimestep(TimestepStrategy):
 
     def sample(self, images: torch.Tensor, epoch: float) -> TimestepDraw:
         dist = self.distribution(images)
-        t = dist.sample()
-        return TimestepDraw(t, dist.log_prob(t), dist.entropy(), dist.probs.detach())
+        b = dist.sample()
+        t = b * self.bin_width + torch.randint_like(b, self.bin_width) if self.bin_width > 1 else b
+        return TimestepDraw(t, dist.log_prob(b), dist.entropy(), dist.probs.detach())
 
     def greedy(self, images: torch.Tensor, epoch: float) -> torch.Tensor:
-        return self.distribution(images).probs.argmax(-1)
+        return self.distribution(images).probs.argmax(-1) * self.bin_width + self.bin_width // 2
+
+    def t_distribution(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, bins) bin probabilities -> (B, T) probabilities of each t (uniform inside a bin)."""
+        return probs.repeat_interleave(self.bin_width, dim=-1) / self.bin_width
 
     def entropy_weight(self, epoch: float) -> float:
         frac = min(1.0, epoch / max(self.cfg.entropy_decay_epochs, 1e-9))
@@ -170,7 +191,12 @@ class ReinforcedTimestep(TimestepStrategy):
 
     def policy_loss(self, draw: TimestepDraw, reward: torch.Tensor, epoch: float) -> tuple[torch.Tensor, dict]:
         assert draw.log_prob is not None and draw.entropy is not None
+        if epoch < self.cfg.policy_warmup_epochs:
+            return reward.new_zeros(()), {"entropy": draw.entropy.mean().detach()}
         advantage = (reward - self.baseline(reward)).detach()
+        if self.cfg.advantage == "normalized":
+            centred = reward - reward.mean()
+            advantage = (centred / (centred.std() + 1e-6)).detach() if len(reward) > 1 else centred.detach()
         reinforce = -(draw.log_prob * advantage).mean()
         weight = self.entropy_weight(epoch)
         entropy = draw.entropy.mean()

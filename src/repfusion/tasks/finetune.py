@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ..data import DataConfig, ImageDataModule, Normalize
 from ..errors import RepFusionError
 from ..io import load_checkpoint, load_tensors, replace_dir, staging_dir, write_json
 from ..students import build_student, read_student_config
-from ..training import OptimConfig, TrainerConfig, build_trainer, resume_path
+from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
 from .classification import Classification
 
 HEAD_PREFIXES = ("fc.", "classifier.")
@@ -31,7 +32,11 @@ class ModelSection:
 
 @dataclass
 class FinetuneRun:
-    """init: a distill run folder, its student/ folder, a .safetensors file or a .ckpt; null = from scratch."""
+    """init: a distill run folder, its student/ folder, a .safetensors file or a .ckpt; null = from scratch.
+
+    data.label_fraction / data.labels_per_class cut the training split to a stratified, seeded subset
+    here (the label-scarce regime); the teacher and distillation stages ignore them and use every image.
+    """
 
     init: str | None = None
     student: ModelSection = field(default_factory=ModelSection)
@@ -109,19 +114,24 @@ def build_classification(cfg: FinetuneRun, datamodule: ImageDataModule) -> Class
                           cfg.data.crop_padding, cfg.data.flip, cfg.label_smoothing)
 
 
-def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False) -> dict[str, float]:
+def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
+                 on_start: Callable[[], None] | None = None) -> dict[str, float]:
+    """Everything is built and checked (resume included) before `on_start` and the first write."""
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    datamodule = ImageDataModule(cfg.data)
+    datamodule = ImageDataModule(cfg.data, labelled_only=True)
     module = build_classification(cfg, datamodule)
     trainer = build_trainer(cfg.trainer, run_dir, monitor="val/top1", mode="max")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(run_dir, resume), weights_only=True)
+    ckpt = prepare_run(run_dir, resume, module, on_start)
+    if not restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps):  # killed in export
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     results = {k: float(v) for k, v in results.items()}
     if trainer.is_global_zero:
         tmp = staging_dir(run_dir / "model")
         module.model.save_pretrained(tmp, safe_serialization=True)
         replace_dir(tmp, run_dir / "model")
-        write_json(run_dir / "results.json", {"init": cfg.init or "scratch", **results})
+        write_json(run_dir / "results.json", {"init": cfg.init or "scratch", "train_images": len(datamodule.train_set),
+                                              **results})
         plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", ["train/loss", "train/top1", "val/top1"],
                     title=f"fine-tuning from {cfg.init or 'scratch'}")
     return results

@@ -36,6 +36,20 @@ def _subfolder(source: str) -> str | None:
     return None
 
 
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _check_teacher_folder(folder: Path, source: str) -> None:
+    """A local folder needs save_pretrained's config.json and weights; say which is missing, in plain words."""
+    if not (folder / "config.json").is_file():
+        raise RepFusionError(f"Teacher folder {source} has no config.json; give a folder written by save_pretrained "
+                             "(a UNet2DModel or a pipeline folder with unet/).")
+    if not any((folder / name).is_file() or (folder / f"{Path(name).stem}.fp16{Path(name).suffix}").is_file()
+               for name in WEIGHT_FILES) and not list(folder.glob("diffusion_pytorch_model*.safetensors")):
+        raise RepFusionError(f"Teacher folder {source} has a config.json but no weights "
+                             f"({WEIGHT_FILES[0]}); copy the weights file there or save the model again.")
+
+
 def load_unet_and_scheduler(source: str, image_size: int | None = None) -> tuple[UNet2DModel, DDPMScheduler]:
     """Resolve `source`: a preset name (random weights), a local folder, or a hub model id."""
     if source in TEACHER_PRESETS:
@@ -55,6 +69,8 @@ def load_unet_and_scheduler(source: str, image_size: int | None = None) -> tuple
     if not looks_like_path and "/" not in source:
         raise unknown_name_error("teacher", source, TEACHER_PRESETS, hint=", or give a hub id or a folder")
     sub = _subfolder(str(path)) if path.is_dir() else None
+    if path.is_dir():
+        _check_teacher_folder(path / sub if sub else path, source)
     try:
         unet = UNet2DModel.from_pretrained(str(path) if path.is_dir() else source, subfolder=sub)
     except Exception as e:  # diffusers raises OSError/EnvironmentError/ValueError here

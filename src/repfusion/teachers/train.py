@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
 
 from ..data import DataConfig, ImageDataModule
-from ..training import OptimConfig, TrainerConfig, build_trainer, resume_path
+from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
 from .diffusion_teacher import check_unet_input
 from .ddpm_training import DDPMTraining, export_teacher, sample_grid
 from .loading import load_unet_and_scheduler
@@ -27,7 +28,8 @@ class TeacherRun:
     sample_steps: int = 50
 
 
-def train_teacher(cfg: TeacherRun, run_dir: Path, resume: bool = False) -> Path:
+def train_teacher(cfg: TeacherRun, run_dir: Path, resume: bool = False,
+                  on_start: Callable[[], None] | None = None) -> Path:
     """Fit the DDPM, export EMA weights + scheduler to run_dir/teacher, and draw a sample grid."""
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = ImageDataModule(cfg.data)
@@ -36,7 +38,9 @@ def train_teacher(cfg: TeacherRun, run_dir: Path, resume: bool = False) -> Path:
     check_unet_input(unet, (1, channels, size, size))
     module = DDPMTraining(unet, scheduler, cfg.optim, image_size=size)
     trainer = build_trainer(cfg.trainer, run_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(run_dir, resume), weights_only=True)
+    ckpt = prepare_run(run_dir, resume, module, on_start)  # all checks before the first write
+    if not restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps):  # killed in export
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     out = run_dir / "teacher"
     if trainer.is_global_zero:
         export_teacher(module.unet, scheduler, out)

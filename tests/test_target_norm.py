@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from repfusion.distill.target_norm import PerTimestepStandardizer, build_target_norm
+from repfusion.errors import RepFusionError
+
+
+def offset_features(t: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """A teacher-like feature: a large per-t offset shared by all images plus the image's own signal."""
+    offset = torch.sin(t.float()[:, None] / 500.0 + torch.arange(4.0)) * 20
+    return (offset + images)[:, :, None, None].expand(-1, -1, 3, 3).contiguous()
+
+
+def test_removes_the_per_t_offset_and_keeps_the_image():
+    torch.manual_seed(0)
+    norm = PerTimestepStandardizer(4, 1000, bins=100)
+    for _ in range(50):
+        t = torch.randint(0, 1000, (128,))
+        norm(offset_features(t, torch.randn(128, 4)), t)
+    norm.eval()
+    t = torch.randint(0, 1000, (2000,))
+    images = torch.randn(2000, 4)
+    raw = offset_features(t, images)[:, :, 0, 0]
+    out = norm(offset_features(t, images), t)[:, :, 0, 0]
+    # raw: the offset dominates; standardised: the image explains almost everything, at unit scale
+    assert torch.corrcoef(torch.stack([raw[:, 0], images[:, 0]]))[0, 1] < 0.2
+    assert torch.corrcoef(torch.stack([out[:, 0], images[:, 0]]))[0, 1] > 0.97
+    assert out.mean().abs() < 0.1 and (out.std() - 1).abs() < 0.15
+
+
+def test_first_visit_uses_exact_batch_statistics_and_running_average_is_cumulative():
+    norm = PerTimestepStandardizer(2, 1000, bins=10)
+    a, b = torch.randn(64, 2) * 3 + 1, torch.randn(64, 2) - 2
+    t = torch.full((64,), 5)
+    norm(a, t)
+    assert torch.allclose(norm.mean[0], a.mean(0), atol=1e-5)
+    assert torch.allclose(norm.var[0], a.var(0, unbiased=False), atol=1e-4)
+    norm(b, t)
+    both = torch.cat([a, b])
+    assert torch.allclose(norm.mean[0], both.mean(0), atol=1e-5)
+    assert torch.allclose(norm.var[0], both.var(0, unbiased=False), atol=1e-4)
+    assert norm.seen[0] == 128 and norm.seen[1:].sum() == 0
+
+
+def test_unseen_bin_borrows_nearest_seen_in_eval_and_state_round_trips():
+    norm = PerTimestepStandardizer(3, 1000, bins=10)
+    norm(torch.randn(16, 3) + 4, torch.full((16,), 150))
+    norm.eval()
+    x = torch.randn(4, 3)
+    assert torch.allclose(norm(x, torch.full((4,), 950)), norm(x, torch.full((4,), 150)))
+    other = PerTimestepStandardizer(3, 1000, bins=10)
+    other.load_state_dict(norm.state_dict())
+    other.eval()
+    assert torch.equal(other(x, torch.full((4,), 150)), norm(x, torch.full((4,), 150)))
+
+
+def test_dense_maps_keep_their_spatial_structure():
+    norm = PerTimestepStandardizer(2, 1000, bins=4)
+    maps = torch.randn(8, 2, 4, 4)
+    out = norm(maps, torch.zeros(8, dtype=torch.long))
+    assert out.shape == maps.shape
+    ratio = (out - out.mean()) / (maps - maps.mean(dim=(0, 2, 3), keepdim=True))
+    assert torch.allclose(ratio[:, 0], ratio[0, 0, 0, 0].expand(8, 4, 4), atol=1e-4)
+
+
+def test_build_names_and_bad_values():
+    assert build_target_norm("none", 4, 1000) is None
+    assert isinstance(build_target_norm("per_t", 4, 1000, 20), PerTimestepStandardizer)
+    with pytest.raises(RepFusionError, match="target_norm must be one of none, per_t"):
+        build_target_norm("per-t", 4, 1000)
+    with pytest.raises(RepFusionError, match="target_bins"):
+        build_target_norm("per_t", 4, 1000, 0)
