@@ -123,3 +123,40 @@ def test_checkpoint_holds_the_average_and_resume_restores_it_exactly(tmp_path):
         torch.testing.assert_close(capture.training[name], ema["training_weights"][name], rtol=0, atol=0)
     # the module trains on the training weights, not on the average
     torch.testing.assert_close(module.model.conv1.weight.detach(), ema["training_weights"]["model.conv1.weight"])
+
+
+class Stop(Exception):
+    """Stands in for a kill between two checkpoints."""
+
+
+class StopAtStep(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise Stop
+
+
+def fit_small(run_dir, resume: bool, callbacks: list[pl.Callback]) -> pl.LightningModule:
+    """Two epochs of five steps, a checkpoint every three steps (so a resume lands mid-epoch)."""
+    from repfusion.training import prepare_run
+
+    cfg = FinetuneRun(student=ModelSection("resnet18_cifar", 0.125), data=DataConfig(batch_size=64, train_limit=320),
+                      trainer=TrainerConfig(max_epochs=2, ema_decay=0.9, progress=False, limit_val_batches=1,
+                                            checkpoint_every_n_steps=3))
+    pl.seed_everything(0, workers=True, verbose=False)
+    datamodule = ImageDataModule(cfg.data, labelled_only=True)
+    module = build_classification(cfg, datamodule)
+    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/top1", callbacks=callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=prepare_run(run_dir, resume, module), weights_only=True)
+    return module
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_average(tmp_path):
+    whole = fit_small(tmp_path / "whole", False, []).state_dict()
+    with pytest.raises(Stop):
+        fit_small(tmp_path / "killed", False, [StopAtStep(7)])
+    resumed = fit_small(tmp_path / "killed", True, []).state_dict()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

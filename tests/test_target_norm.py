@@ -42,6 +42,21 @@ def test_first_visit_uses_exact_batch_statistics_and_running_average_is_cumulati
     assert norm.seen[0] == 128 and norm.seen[1:].sum() == 0
 
 
+def test_a_bin_seen_once_borrows_the_pooled_variance():
+    norm = PerTimestepStandardizer(2, 1000, bins=10, prior_images=16)
+    t = torch.cat([torch.full((63,), 5), torch.tensor([950])])
+    out = norm(torch.randn(64, 2), t)
+    assert torch.isfinite(out).all() and out[-1].abs().max() < 1e-3  # its own mean, the pooled scale
+
+
+def test_pooled_statistics_give_the_pooled_target_unit_variance():
+    maps = torch.randn(512, 3, 1, 1) * 0.1 + torch.randn(512, 3, 8, 8)  # weak image signal, strong spatial noise
+    t = torch.zeros(512, dtype=torch.long)
+    pooled = PerTimestepStandardizer(3, 1000, bins=1, pooled=True)(maps, t).mean((2, 3))
+    dense = PerTimestepStandardizer(3, 1000, bins=1, pooled=False)(maps, t).mean((2, 3))
+    assert (pooled.std(0) - 1).abs().max() < 0.05 and dense.std(0).max() < 0.3
+
+
 def test_unseen_bin_borrows_nearest_seen_in_eval_and_state_round_trips():
     norm = PerTimestepStandardizer(3, 1000, bins=10)
     norm(torch.randn(16, 3) + 4, torch.full((16,), 150))
@@ -55,7 +70,7 @@ def test_unseen_bin_borrows_nearest_seen_in_eval_and_state_round_trips():
 
 
 def test_dense_maps_keep_their_spatial_structure():
-    norm = PerTimestepStandardizer(2, 1000, bins=4)
+    norm = PerTimestepStandardizer(2, 1000, bins=4, pooled=False)
     maps = torch.randn(8, 2, 4, 4)
     out = norm(maps, torch.zeros(8, dtype=torch.long))
     assert out.shape == maps.shape

@@ -156,6 +156,9 @@ def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Pat
     falls between the two renames. The old content is removed last.
     """
     final_dir, tmp_dir = Path(final_dir), Path(tmp_dir)
+    for path in [tmp_dir, *tmp_dir.rglob("*")]:  # writers such as safetensors create owner-only files
+        if not path.is_symlink():
+            _normal_mode(path, directory=path.is_dir())
     backup = _backup_name(final_dir)
     if backup.exists() and final_dir.exists():
         shutil.rmtree(backup)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -80,14 +81,15 @@ class EpochCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         progress = trainer.fit_loop.epoch_loop.batch_progress
-        last = progress.is_last_batch or progress.current.ready >= trainer.num_training_batches
-        if last and not _stops_after_this_step(trainer):
+        if progress.is_last_batch or progress.current.ready >= trainer.num_training_batches:
             return  # the epoch-end checkpoint follows, once the epoch's work is done
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
-
-def _stops_after_this_step(trainer: pl.Trainer) -> bool:
-    return 0 < trainer.max_steps <= trainer.global_step
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # also when a step checkpoint was written at this very step (training stopped there by max_steps):
+        # the epoch-end one holds the epoch's records too
+        self._last_global_step_saved = -1
+        super().on_train_epoch_end(trainer, pl_module)
 
 
 def _float_or_text(value: str) -> Any:
@@ -170,8 +172,16 @@ class RunMetricsWriter(ExperimentWriter):
         if new_keys or not self._synced or not Path(self.metrics_file_path).is_file():
             self._rewrite()
             return
-        with open(self.metrics_file_path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=self.metrics_keys).writerows(fresh)
+        # the new rows go out in one append write(): a kill cannot cut a write() to a local file in half
+        text = io.StringIO()
+        csv.DictWriter(text, fieldnames=self.metrics_keys).writerows(fresh)
+        data = text.getvalue().encode("utf-8")
+        fd = os.open(self.metrics_file_path, os.O_WRONLY | os.O_APPEND)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
 
 
 class RunCSVLogger(CSVLogger):

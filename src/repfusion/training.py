@@ -242,6 +242,7 @@ QUIET_WARNINGS = (
 def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "max",
                   callbacks: list[Callback] | None = None) -> pl.Trainer:
     """A Trainer that writes checkpoints/last.ckpt (+ best.ckpt), metrics.csv and progress to run_dir."""
+    check_trainer_config(cfg)  # the Python API gets the same one-sentence checks as the command line
     ckpt_dir = run_dir / "checkpoints"
     cbs: list[Callback] = [
         EpochCheckpoint(ckpt_dir, cfg.checkpoint_every_n_steps),

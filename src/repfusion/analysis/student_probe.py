@@ -20,9 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.augment import Normalize
-from ..distill.losses import pooled
 from ..errors import RepFusionError
-from ..features import layer_output, resolve_modules
+from ..features import layer_output, pooled, resolve_modules
 from ..students import build_student, load_student
 from .probe import linear_probe
 

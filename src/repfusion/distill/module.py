@@ -18,6 +18,7 @@ from ..teachers import DiffusionTeacher
 from ..training import OptimConfig
 from ..stage import Stage
 from ..errors import RepFusionError
+from ..runstate import nonfinite_message
 from .timesteps import NonFiniteError, TimestepStrategy
 
 HISTOGRAM_BINS = 20
@@ -82,8 +83,7 @@ class Distillation(Stage):
         try:
             draw = self.timesteps.sample(student_input, epoch)
         except NonFiniteError as e:
-            raise RepFusionError(f"{e} at step {self.global_step} (epoch {self.current_epoch}); the run stopped and "
-                                 "its last good checkpoint is kept: lower optim.lr, then rerun with --resume.") from None
+            raise RepFusionError(nonfinite_message(self.trainer, str(e))) from None
         teacher_feature = self.teacher_features(images, draw.t)
         student_feature = self.student_features(student_input)
         # 3. distil, 4. train the task head, 5. REINFORCE with r = -head loss
@@ -125,6 +125,9 @@ class Distillation(Stage):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["t_history"] = self.t_history
+        checkpoint["t_counts"] = self.t_counts.clone()  # a mid-epoch checkpoint keeps the epoch's draws so far
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.t_history = [list(map(float, row)) for row in checkpoint.get("t_history", [])]
+        if "t_counts" in checkpoint:
+            self.t_counts = checkpoint["t_counts"].detach().cpu().float().clone()

@@ -96,7 +96,9 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
         raise RepFusionError("The reinforced policy needs a reward: set reward to label or infonce, or use a "
                              "fixed/uniform timestep strategy.")
     reward = build_reward(cfg.reward, teacher_shape[0], student_shape[0], datamodule.num_classes)
-    target_norm = build_target_norm(cfg.loss.target_norm, teacher_shape[0], teacher.num_timesteps, cfg.loss.target_bins)
+    dense = cfg.loss.name == "at" or cfg.loss.options.get("mode") == "dense"
+    target_norm = build_target_norm(cfg.loss.target_norm, teacher_shape[0], teacher.num_timesteps,
+                                    cfg.loss.target_bins, pooled=not dense)
     return Distillation(
         teacher, student, loss, build_strategy(cfg.timesteps, teacher.num_timesteps), reward, cfg.optim, height,
         cfg.teacher.layer, student_layer, cfg.teacher.noise_mode, cfg.loss.kd_weight,

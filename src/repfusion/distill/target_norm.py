@@ -27,19 +27,28 @@ TARGET_NORMS = ("none", "per_t")
 class PerTimestepStandardizer(nn.Module):
     """(B, C, H, W) or (B, C) teacher features at per-image t -> per-t-bin, per-channel standardised.
 
+    With `pooled` statistics (for pooled losses: hint, RKD) the scale is the across-image standard
+    deviation of the spatially averaged feature, so the target the loss sees has unit variance; with
+    dense statistics (dense hint, AT) it is the per-position standard deviation. A bin's variance is
+    shrunk towards the within-bin variance pooled over all bins while it has seen few images
+    (`prior_images` pseudo-images), so a bin first visited by one image does not divide by zero.
+
     Args:
         channels (`int`): teacher feature channels.
         num_timesteps (`int`): the teacher's T.
         bins (`int`, *optional*, defaults to 20): equal-width t-bins with their own statistics.
+        pooled (`bool`, *optional*, defaults to True): statistics of the spatially averaged feature.
         min_momentum (`float`, *optional*, defaults to 1e-3): the running average's floor.
+        prior_images (`float`, *optional*, defaults to 16): weight of the pooled variance in a bin's.
     """
 
-    def __init__(self, channels: int, num_timesteps: int, bins: int = 20, min_momentum: float = 1e-3,
-                 eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, num_timesteps: int, bins: int = 20, pooled: bool = True,
+                 min_momentum: float = 1e-3, prior_images: float = 16.0, eps: float = 1e-5) -> None:
         super().__init__()
         if not 1 <= bins <= num_timesteps:
             raise RepFusionError(f"target_bins must lie in [1, {num_timesteps}], not {bins}.")
-        self.num_timesteps, self.bins, self.min_momentum, self.eps = num_timesteps, bins, min_momentum, eps
+        self.num_timesteps, self.bins, self.pooled = num_timesteps, bins, pooled
+        self.min_momentum, self.prior_images, self.eps = min_momentum, prior_images, eps
         self.register_buffer("mean", torch.zeros(bins, channels))
         self.register_buffer("var", torch.ones(bins, channels))
         self.register_buffer("seen", torch.zeros(bins))
@@ -51,22 +60,22 @@ class PerTimestepStandardizer(nn.Module):
     def update(self, feature: torch.Tensor, bins: torch.Tensor) -> None:
         """Fold one batch's per-bin first and second moments into the running statistics."""
         flat = feature.float().flatten(2) if feature.dim() > 2 else feature.float().unsqueeze(-1)
-        positions = flat.shape[-1]
-        channels = flat.shape[1]
-        sums = torch.zeros(self.bins, 2 * channels + 1, device=flat.device)
+        if self.pooled:
+            flat = flat.mean(-1, keepdim=True)
+        positions, channels = flat.shape[-1], flat.shape[1]
         per_image = torch.cat([flat.sum(-1), flat.pow(2).sum(-1),
                                torch.full((len(flat), 1), float(positions), device=flat.device)], 1)
+        sums = torch.zeros(self.bins, 2 * channels + 1, device=flat.device)
         sums.index_add_(0, bins, per_image)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sums)
         count = sums[:, -1:]
-        observed = count > 0
         batch_mean = sums[:, :channels] / count.clamp(min=1)
         batch_var = (sums[:, channels:2 * channels] / count.clamp(min=1) - batch_mean.pow(2)).clamp(min=0)
         images = count / positions
         momentum = (images / (self.seen[:, None] + images).clamp(min=1e-12)).clamp(min=self.min_momentum)
-        momentum = torch.where(observed, momentum, torch.zeros_like(momentum))
-        # Law of total variance: the new mixture's variance includes the shift between old and new means.
+        momentum = torch.where(count > 0, momentum, torch.zeros_like(momentum))
+        # Law of total variance: the merged variance includes the shift between the old and new means.
         new_mean = self.mean + momentum * (batch_mean - self.mean)
         new_var = (1 - momentum) * (self.var + (self.mean - new_mean).pow(2)) + momentum * (
             batch_var + (batch_mean - new_mean).pow(2))
@@ -75,11 +84,17 @@ class PerTimestepStandardizer(nn.Module):
         self.seen.add_(images.squeeze(1))
 
     def nearest_seen(self, bins: torch.Tensor) -> torch.Tensor:
-        """Bins never observed (a greedy validation t, say) borrow the nearest observed bin's statistics."""
+        """Bins never observed (a greedy validation t, say) borrow the nearest observed bin's mean."""
         seen = torch.nonzero(self.seen > 0).flatten()
         if len(seen) == 0 or bool((self.seen[bins] > 0).all()):
             return bins
         return seen[(bins[:, None] - seen[None, :]).abs().argmin(1)]
+
+    def bin_variance(self, bins: torch.Tensor) -> torch.Tensor:
+        """A bin's variance, shrunk towards the pooled within-bin variance while the bin has seen few images."""
+        pooled_var = (self.seen[:, None] * self.var).sum(0) / self.seen.sum().clamp(min=1e-12)
+        n = self.seen[bins][:, None]
+        return (n * self.var[bins] + self.prior_images * pooled_var) / (n + self.prior_images)
 
     def forward(self, feature: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         bins = self.bin_of(t.to(feature.device))
@@ -89,12 +104,13 @@ class PerTimestepStandardizer(nn.Module):
             bins = self.nearest_seen(bins)
         shape = (len(feature), -1) + (1,) * (feature.dim() - 2)
         mean = self.mean[bins].view(shape)
-        std = (self.var[bins] + self.eps).sqrt().view(shape)
+        std = (self.bin_variance(bins) + self.eps).sqrt().view(shape)
         return ((feature.float() - mean) / std).to(feature.dtype)
 
 
-def build_target_norm(name: str, channels: int, num_timesteps: int, bins: int = 20) -> nn.Module | None:
+def build_target_norm(name: str, channels: int, num_timesteps: int, bins: int = 20,
+                      pooled: bool = True) -> nn.Module | None:
     """`per_t` (ours) or `none` (the paper's raw teacher feature)."""
     if name not in TARGET_NORMS:
         raise RepFusionError(f"target_norm must be one of {', '.join(TARGET_NORMS)}, not '{name}'.")
-    return PerTimestepStandardizer(channels, num_timesteps, bins) if name == "per_t" else None
+    return PerTimestepStandardizer(channels, num_timesteps, bins, pooled) if name == "per_t" else None
