@@ -42,7 +42,8 @@ def distill_config(arm: str, args: argparse.Namespace, data, seed: int):
     half = max(1.0, args.distill_epochs / 2)
     if arm == "paper":
         teacher, loss, reward = TeacherSection(source=args.teacher), LossSection("hint", target_norm="none"), "label"
-        timesteps = TimestepConfig("reinforced", entropy_weight=0.1, entropy_decay_epochs=half)
+        timesteps = TimestepConfig("reinforced", entropy_weight=0.1, entropy_decay_epochs=half, policy_bins=1000,
+                                   advantage="raw", policy_warmup_epochs=0.0)
     elif arm == "t0":
         teacher, loss, reward = TeacherSection(source=args.teacher), LossSection("hint", target_norm="none"), "none"
         timesteps = TimestepConfig("fixed", t=0)

@@ -21,8 +21,8 @@ def test_shortened_demo_runs_every_stage(tmp_path, capsys):
         assert (out / name).exists(), name
     config = json.loads((out / "finetune-repfusion-seed0" / "results.json").read_text())
     assert config["init"] == str(out / "distill")
-    # the label-scarce regime: fine-tuning saw a stratified 5 % of the training labels, distillation all images
-    assert result["config"]["label_fraction"] == 0.05
+    # the label-scarce regime: fine-tuning saw a stratified 2 % of the training labels, distillation all images
+    assert result["config"]["label_fraction"] == 0.02
 
     # an existing demo is refused without --resume; with it, finished stages are reused, not retrained
     assert main(["demo", "--quick", "--seeds", "2", "--no-progress", "--out", str(out)]) == 1

@@ -6,6 +6,7 @@ from repfusion.distill.timesteps import TimestepConfig, build_strategy
 from repfusion.errors import RepFusionError
 
 IMAGES = torch.zeros(512, 3, 16, 16)
+PAPER = dict(policy_bins=1000, advantage="raw", policy_warmup_epochs=0.0)  # the paper's policy options
 
 
 def test_fixed_and_uniform():
@@ -30,7 +31,7 @@ def test_entropy_weight_decays_to_zero():
 
 
 def test_reinforce_loss_matches_the_formula():
-    policy = build_strategy(TimestepConfig(entropy_weight=0.1, entropy_decay_epochs=10), 1000)
+    policy = build_strategy(TimestepConfig(entropy_weight=0.1, entropy_decay_epochs=10, **PAPER), 1000)
     draw = policy.sample(IMAGES[:4], 0)
     reward = torch.tensor([-1.0, -2.0, -0.5, -3.0])
     loss, logs = policy.policy_loss(draw, reward, epoch=5)
@@ -41,7 +42,7 @@ def test_reinforce_loss_matches_the_formula():
 
 
 def test_batch_mean_baseline_centres_the_reward():
-    policy = build_strategy(TimestepConfig(baseline="batch_mean", entropy_weight=0.0), 1000)
+    policy = build_strategy(TimestepConfig(baseline="batch_mean", entropy_weight=0.0, **PAPER), 1000)
     draw = policy.sample(IMAGES[:4], 0)
     reward = torch.tensor([-1.0, -2.0, -0.5, -3.0])
     loss, _ = policy.policy_loss(draw, reward, 0)
@@ -57,7 +58,7 @@ def test_policy_moves_into_the_informative_band(baseline):
 
 
 def test_coarse_bins_draw_t_inside_the_chosen_bin():
-    policy = build_strategy(TimestepConfig(policy_bins=20), 1000)
+    policy = build_strategy(TimestepConfig(policy_bins=20, policy_warmup_epochs=0.0), 1000)
     draw = policy.sample(torch.zeros(4096, 3, 16, 16), 0)
     assert len(draw.t.unique()) > 500 and 0 <= draw.t.min() and draw.t.max() < 1000
     # log pi is the bin's: every t of one bin has the same log-probability under a constant input
@@ -77,7 +78,9 @@ def test_normalized_advantage_and_warmup():
     draw = policy.sample(torch.randn(8, 3, 32, 32), 0)
     reward = torch.linspace(-5, -1, 8)
     during, _ = policy.policy_loss(draw, reward, 0.5)
-    assert during.item() == 0.0 and not during.requires_grad
+    assert during.item() == 0.0
+    during.backward()  # pi stays in the graph (DDP needs every parameter used) but gets no gradient
+    assert policy.policy.fc3.weight.grad.abs().max() == 0
     after, _ = policy.policy_loss(draw, reward, 1.5)
     scaled, _ = policy.policy_loss(draw, reward * 100 + 7, 1.5)  # invariant to the reward's scale and shift
     assert torch.isclose(after, scaled, atol=1e-5)

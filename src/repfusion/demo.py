@@ -3,7 +3,7 @@
 The regime where pre-training pays: every training image is unlabeled for the teacher and the
 distillation, and only a small stratified share of them (`label_fraction`) carries a label for
 fine-tuning. Stages: teacher DDPM -> RepFusion distillation (label-free: per-t standardised hint
-target, coarse-bin timestep policy with the InfoNCE reward) -> student probe (frozen backbone) ->
+target on noised inputs, coarse-bin timestep policy with the InfoNCE reward) -> student probe -> 
 fine-tuning of the distilled student and of the same student from scratch on the same seeds (each
 seed draws its own labelled subset, shared by both arms) -> paired differences with a 95 % interval,
 a report and plots.
@@ -41,8 +41,8 @@ class DemoConfig:
 
     out: str = "runs/demo"
     seeds: int = 5
-    label_fraction: float = 0.05
-    teacher_epochs: int = 15
+    label_fraction: float = 0.02
+    teacher_epochs: int = 20
     distill_epochs: int = 15
     finetune_epochs: int = 40
     arch: str = "resnet18_cifar"
@@ -51,6 +51,7 @@ class DemoConfig:
     crop_padding: int = 2
     strategy: str = "reinforced"
     reward: str = "infonce"
+    noise_mode: str = "noised"
     progress: bool = True
     resume: bool = False
     timings: dict[str, float] = field(default_factory=dict)
@@ -106,7 +107,7 @@ def data_config(cfg: DemoConfig, **changes: Any) -> DataConfig:
 def distill_config(cfg: DemoConfig, teacher_dir: Path) -> DistillRun:
     """Our label-free RepFusion: per-t standardised hint target, 20-bin policy, normalised advantage."""
     return DistillRun(
-        teacher=TeacherSection(source=str(teacher_dir)),
+        teacher=TeacherSection(source=str(teacher_dir), noise_mode=cfg.noise_mode),
         student=StudentSection(arch=cfg.arch, width=cfg.width),
         loss=LossSection(name="hint", target_norm="per_t"),
         timesteps=TimestepConfig(strategy=cfg.strategy, entropy_weight=0.1,
@@ -238,8 +239,8 @@ Samples from the DDPM trained in stage 1 (DDIM, 50 steps):
 
 ## Distillation
 
-Hint target standardised per t-bin (`target_norm: per_t`), timestep policy over 20 bins with normalised
-advantages and the label-free InfoNCE reward. Loss terms, reward-head accuracy, policy entropy and mean
+Teacher read on noised inputs x_t; hint target standardised per t-bin (`target_norm: per_t`); timestep
+policy over 20 bins with normalised advantages, a one-epoch warm-up and the label-free InfoNCE reward. Loss terms, reward-head accuracy, policy entropy and mean
 sampled t per epoch:
 
 ![curves](distill/curves.png)

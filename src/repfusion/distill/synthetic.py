@@ -22,12 +22,13 @@ def train_policy_on_band(baseline: str = "none", lr: float = 0.01, steps: int = 
     """Train policy + task head with REINFORCE; return the policy's mass inside `band` every 50 steps.
 
     `options` are further `TimestepConfig` fields (policy_bins, advantage, policy_warmup_epochs), with the
-    run's progress counted in epochs from 0 to 1.
+    run's progress counted in epochs from 0 to 1; the policy is the paper's unless they say otherwise.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    paper = dict(policy_bins=1000, advantage="raw", policy_warmup_epochs=0.0)
     policy = build_strategy(TimestepConfig(entropy_weight=entropy_weight, entropy_decay_epochs=1, baseline=baseline,
-                                           **options), 1000)
+                                           **{**paper, **options}), 1000)
     head = build_reward("label", width, 8, 10)
     optimizer = torch.optim.SGD([*policy.parameters(), *head.parameters()], lr=lr, momentum=0.9)
     embeddings = torch.randn(10, width, generator=generator) * 3

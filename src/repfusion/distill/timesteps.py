@@ -40,7 +40,8 @@ class TimestepConfig:
     `policy_lr_scale` multiplies the policy's learning rate (1 = the paper's single optimiser); short
     schedules, with a few hundred steps instead of the paper's 78k, need a larger one for pi to move.
 
-    Our options for a policy that learns in hundreds of steps (defaults = the paper):
+    Our options for a policy that learns in hundreds of steps (the defaults; the paper is
+    `policy_bins: 1000, advantage: raw, policy_warmup_epochs: 0`, as in the configs named after its rows):
     `policy_bins` coarse t-bins (1000 = one per t; with B bins pi picks a bin and t is uniform inside it,
     so each logit sees 1000/B times more gradient), `advantage` raw (the paper) or normalized (reward
     minus the batch mean, over the batch std: unit-scale advantages, so the entropy weight means the
@@ -59,9 +60,9 @@ class TimestepConfig:
     baseline_momentum: float = 0.9
     policy_arch: str = "lenet"
     policy_lr_scale: float = 1.0
-    policy_bins: int = 1000
-    advantage: str = "raw"
-    policy_warmup_epochs: float = 0.0
+    policy_bins: int = 20
+    advantage: str = "normalized"
+    policy_warmup_epochs: float = 1.0
 
 
 class TimestepStrategy(nn.Module):
@@ -191,8 +192,10 @@ class ReinforcedTimestep(TimestepStrategy):
 
     def policy_loss(self, draw: TimestepDraw, reward: torch.Tensor, epoch: float) -> tuple[torch.Tensor, dict]:
         assert draw.log_prob is not None and draw.entropy is not None
-        if epoch < self.cfg.policy_warmup_epochs:
-            return reward.new_zeros(()), {"entropy": draw.entropy.mean().detach()}
+        if epoch < self.cfg.policy_warmup_epochs:  # a zero that keeps pi in the graph, as DDP requires
+            zero = (draw.log_prob * 0).mean()
+            return zero, {"reinforce": zero.detach(), "entropy": draw.entropy.mean().detach(),
+                          "entropy_weight": torch.tensor(0.0)}
         advantage = (reward - self.baseline(reward)).detach()
         if self.cfg.advantage == "normalized":
             centred = reward - reward.mean()
