@@ -83,6 +83,7 @@ def main() -> None:
         print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
         return
 
+    import torch
     from repfusion.analysis.student_probe import probe_student
     from repfusion.data import DataConfig, ImageDataModule
     from repfusion.distill.run import run_distillation
@@ -97,9 +98,13 @@ def main() -> None:
     splits.setup()
     results: dict = {"distill": {}, "finetune": {}}
     for seed in range(args.seeds):
-        for arm in [a for a in args.arms if a != "scratch"]:  # distillations first: every fraction reuses them
+        for arm in args.arms:  # distillations first: every fraction reuses them (scratch: the random init)
             run_dir = args.work / arm / f"seed{seed}" / "distill"
             done = run_dir / "summary.json"
+            if not done.exists() and arm == "scratch":
+                torch.manual_seed(seed)
+                probe = probe_student("random:resnet18_cifar", splits.train_set, splits.val_set, width=args.width)
+                write_json(done, {"seconds": 0.0, "final_t_distribution": None, "val_probe": probe})
             if not done.exists():
                 start = time.time()
                 run_distillation(distill_config(arm, args, data, seed), run_dir,
@@ -110,7 +115,7 @@ def main() -> None:
                                   "val_probe": probe})
             summary = json.loads(done.read_text())
             results["distill"].setdefault(arm, []).append(summary)
-            below = sum(summary["final_t_distribution"][:6])
+            below = sum(summary["final_t_distribution"][:6]) if summary["final_t_distribution"] else float("nan")
             print(f"distill {arm:>6} seed {seed}: val linear probe {100 * summary['val_probe']['linear_probe']:.2f} %,"
                   f" k-NN {100 * summary['val_probe']['knn']:.2f} %, t < 300: {below:.0%}", flush=True)
         for fraction in args.fractions:
@@ -156,7 +161,8 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
     distill = {arm: {"val_linear_probe": [r["val_probe"]["linear_probe"] for r in runs],
                      "val_knn": [r["val_probe"]["knn"] for r in runs],
                      "final_t_distribution": [r["final_t_distribution"] for r in runs],
-                     "mass_below_300": [sum(r["final_t_distribution"][:6]) for r in runs],
+                     "mass_below_300": [sum(r["final_t_distribution"][:6]) if r["final_t_distribution"] else None
+                                        for r in runs],
                      "seconds": statistics.mean(r["seconds"] for r in runs)} for arm, runs in results["distill"].items()}
     write_json(args.out / "cifar_transfer.json", {"command": command, "config": {k: str(v) for k, v in vars(args).items()},
                                                   "finetune": table, "distill": distill})
@@ -174,14 +180,16 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
             lines.append(f"| {100 * float(fraction):g} % | {arm} | {r['epochs']} | {pct(r['mean'])} ± {pct(r['std'])} | "
                          f"{', '.join(pct(x) for x in r['runs'])} | {ci(r['vs_scratch']) if 'vs_scratch' in r else ''} | "
                          f"{ci(r['ours_vs_this']) if 'ours_vs_this' in r else ''} |")
-    lines += ["", "Frozen distilled backbones (linear probe and 20-NN on pooled features, fitted on the training "
-              "images, scored on the validation split), and where each policy ended (share of sampled t < 300 in "
+    lines += ["", "Frozen backbones before fine-tuning (scratch: the random initialisation; linear probe and 20-NN on "
+              "pooled features, fitted on the training images, scored on the validation split), and where each "
+              "policy ended (share of sampled t < 300 in "
               "the last distillation epoch):", "", "| arm | val linear probe (%) | val k-NN (%) | t < 300 | seconds |",
               "|---|---|---|---|---|"]
     for arm, d in distill.items():
         lines.append(f"| {arm} | {', '.join(pct(x) for x in d['val_linear_probe'])} | "
                      f"{', '.join(pct(x) for x in d['val_knn'])} | "
-                     f"{', '.join(f'{x:.0%}' for x in d['mass_below_300'])} | {d['seconds']:.0f} |")
+                     f"{', '.join(f'{x:.0%}' if x is not None else '-' for x in d['mass_below_300'])} | "
+                     f"{d['seconds']:.0f} |")
     write_text(args.out / "cifar_transfer.md", "\n".join(lines) + "\n")
     for fraction, arms in table.items():
         plot_arms({arm: [100 * x for x in r["runs"]] for arm, r in arms.items()},

@@ -85,3 +85,22 @@ def test_build_names_and_bad_values():
         build_target_norm("per-t", 4, 1000)
     with pytest.raises(RepFusionError, match="target_bins"):
         build_target_norm("per_t", 4, 1000, 0)
+
+
+def test_non_finite_batches_are_skipped_and_an_untrained_standardiser_is_the_identity():
+    norm = PerTimestepStandardizer(2, 1000, bins=4)
+    x = torch.randn(8, 2) * 3
+    norm.eval()
+    assert torch.allclose(norm(x, torch.zeros(8, dtype=torch.long)), x, atol=1e-4)
+    norm.train()
+    norm(x, torch.zeros(8, dtype=torch.long))
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    norm(torch.full((8, 2), float("nan")), torch.zeros(8, dtype=torch.long))
+    assert all(torch.equal(before[k], v) for k, v in norm.state_dict().items())
+
+
+def test_large_means_do_not_lose_the_variance():
+    norm = PerTimestepStandardizer(1, 1000, bins=1)
+    for _ in range(4):
+        norm(torch.randn(256, 1) * 0.01 + 3000, torch.zeros(256, dtype=torch.long))
+    assert 0.7e-4 < norm.var[0, 0] < 1.3e-4

@@ -31,6 +31,8 @@ class PairedDifference:
 def paired_difference(treated: Sequence[float], control: Sequence[float],
                       confidence: float = 0.95) -> PairedDifference:
     """Seed-paired differences: the same seed drew the same labelled subset and augmentation stream."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), e.g. 0.95, not {confidence}")
     if len(treated) != len(control):
         raise ValueError(f"paired arms need the same seeds, got {len(treated)} and {len(control)} runs")
     diffs = [a - b for a, b in zip(treated, control)]

@@ -129,5 +129,5 @@ class Distillation(Stage):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.t_history = [list(map(float, row)) for row in checkpoint.get("t_history", [])]
-        if "t_counts" in checkpoint:
+        if "t_counts" in checkpoint and self.global_rank == 0:  # rank 0's draws; the epoch end sums the ranks
             self.t_counts = checkpoint["t_counts"].detach().cpu().float().clone()

@@ -8,7 +8,8 @@ running per-channel standard deviation of the teacher feature at each t-bin remo
 equalises the scale across t, so the hint, the task head and RKD's relations all see image content.
 
 The teacher is frozen, so the statistics are stationary: they are a running average that starts as an
-exact cumulative mean and never forgets faster than `min_momentum`. They live in buffers, so they are
+exact cumulative mean and keeps forgetting at least at the rate `min_momentum` once a bin has seen
+1 / min_momentum images (the policy may move t inside a bin). They live in buffers, so they are
 kept in checkpoints, averaged across DDP ranks (one all-reduce per step) and dropped at export with the
 rest of the distillation scaffolding. `target_norm: none` is the paper's raw target.
 """
@@ -29,7 +30,7 @@ class PerTimestepStandardizer(nn.Module):
 
     With `pooled` statistics (for pooled losses: hint, RKD) the scale is the across-image standard
     deviation of the spatially averaged feature, so the target the loss sees has unit variance; with
-    dense statistics (dense hint, AT) it is the per-position standard deviation. A bin's variance is
+    dense statistics (dense hint, AT) it is the standard deviation over images and positions. A bin's variance is
     shrunk towards the within-bin variance pooled over all bins while it has seen few images
     (`prior_images` pseudo-images), so a bin first visited by one image does not divide by zero.
 
@@ -63,15 +64,20 @@ class PerTimestepStandardizer(nn.Module):
         if self.pooled:
             flat = flat.mean(-1, keepdim=True)
         positions, channels = flat.shape[-1], flat.shape[1]
-        per_image = torch.cat([flat.sum(-1), flat.pow(2).sum(-1),
+        # moments about the bin's current mean (the same on every rank): no cancellation for large means
+        shifted = flat - self.mean[bins].unsqueeze(-1)
+        per_image = torch.cat([shifted.sum(-1), shifted.pow(2).sum(-1),
                                torch.full((len(flat), 1), float(positions), device=flat.device)], 1)
         sums = torch.zeros(self.bins, 2 * channels + 1, device=flat.device)
         sums.index_add_(0, bins, per_image)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sums)
+        finite = torch.isfinite(sums).all()  # one bad batch must not poison every later target (no host sync)
+        sums = torch.where(finite, sums, torch.zeros_like(sums))
         count = sums[:, -1:]
-        batch_mean = sums[:, :channels] / count.clamp(min=1)
-        batch_var = (sums[:, channels:2 * channels] / count.clamp(min=1) - batch_mean.pow(2)).clamp(min=0)
+        batch_shift = sums[:, :channels] / count.clamp(min=1)
+        batch_var = (sums[:, channels:2 * channels] / count.clamp(min=1) - batch_shift.pow(2)).clamp(min=0)
+        batch_mean = self.mean + batch_shift
         images = count / positions
         momentum = (images / (self.seen[:, None] + images).clamp(min=1e-12)).clamp(min=self.min_momentum)
         momentum = torch.where(count > 0, momentum, torch.zeros_like(momentum))
@@ -92,7 +98,9 @@ class PerTimestepStandardizer(nn.Module):
 
     def bin_variance(self, bins: torch.Tensor) -> torch.Tensor:
         """A bin's variance, shrunk towards the pooled within-bin variance while the bin has seen few images."""
-        pooled_var = (self.seen[:, None] * self.var).sum(0) / self.seen.sum().clamp(min=1e-12)
+        total = self.seen.sum()
+        pooled_var = torch.where(total > 0, (self.seen[:, None] * self.var).sum(0) / total.clamp(min=1e-12),
+                                 torch.ones_like(self.var[0]))  # nothing seen yet: the identity
         n = self.seen[bins][:, None]
         return (n * self.var[bins] + self.prior_images * pooled_var) / (n + self.prior_images)
 

@@ -27,7 +27,7 @@ class TimestepDraw:
     t: torch.Tensor  # (B,) long
     log_prob: torch.Tensor | None = None  # (B,) log pi(t | x), with grad
     entropy: torch.Tensor | None = None  # (B,) H(pi(. | x))
-    probs: torch.Tensor | None = None  # (B, T) pi(. | x), detached
+    probs: torch.Tensor | None = None  # (B, policy_bins) pi(. | x), detached
 
 
 @dataclass
@@ -196,10 +196,11 @@ class ReinforcedTimestep(TimestepStrategy):
             zero = (draw.log_prob * 0).mean()
             return zero, {"reinforce": zero.detach(), "entropy": draw.entropy.mean().detach(),
                           "entropy_weight": torch.tensor(0.0)}
-        advantage = (reward - self.baseline(reward)).detach()
-        if self.cfg.advantage == "normalized":
+        if self.cfg.advantage == "normalized":  # its own baseline: the batch mean (per rank under DDP)
             centred = reward - reward.mean()
             advantage = (centred / (centred.std() + 1e-6)).detach() if len(reward) > 1 else centred.detach()
+        else:
+            advantage = (reward - self.baseline(reward)).detach()
         reinforce = -(draw.log_prob * advantage).mean()
         weight = self.entropy_weight(epoch)
         entropy = draw.entropy.mean()
