@@ -13,6 +13,8 @@ reads every non-validation training image; fine-tuning sees a stratified `label_
 - t0: the paper's "without the policy": hint on the raw feature at fixed t = 0, no labels.
 - ours: hint on the per-t standardised feature, 20-bin policy with normalised advantages and a
   one-epoch warm-up, label-free InfoNCE reward, noised input.
+- ours-label: ours with the paper's label reward (every training label, like the paper arm); added
+  after the first run showed that InfoNCE does not steer the policy to small t (policy_cifar.md).
 
 Each seed runs its own distillations. Finished runs are kept, so an interrupted benchmark continues.
 
@@ -31,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-ARMS = ("scratch", "paper", "t0", "ours")
+ARMS = ("scratch", "paper", "t0", "ours", "ours-label")
 
 
 def distill_config(arm: str, args: argparse.Namespace, data, seed: int):
@@ -49,7 +51,7 @@ def distill_config(arm: str, args: argparse.Namespace, data, seed: int):
         timesteps = TimestepConfig("fixed", t=0)
     else:
         teacher = TeacherSection(source=args.teacher, noise_mode=args.ours_noise_mode)
-        loss, reward = LossSection("hint", target_norm="per_t"), "infonce"
+        loss, reward = LossSection("hint", target_norm="per_t"), "label" if arm == "ours-label" else "infonce"
         timesteps = TimestepConfig("reinforced", entropy_weight=0.1, entropy_decay_epochs=half, policy_bins=20,
                                    advantage="normalized", policy_warmup_epochs=1.0)
     return DistillRun(teacher=teacher, student=StudentSection("resnet18_cifar", args.width), loss=loss,
