@@ -30,6 +30,9 @@ def test_shortened_demo_runs_every_stage(tmp_path, capsys):
     before = (out / "distill" / "student" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     assert main(["demo", "--quick", "--seeds", "2", "--no-progress", "--resume", "--out", str(out)]) == 0
     assert (out / "distill" / "student" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+    # ... but only with the settings it was run with
+    assert main(["demo", "--quick", "--seeds", "3", "--no-progress", "--resume", "--out", str(out)]) == 1
+    assert "other settings" in capsys.readouterr().err
 
 
 def test_demo_refuses_a_single_seed(tmp_path, capsys):

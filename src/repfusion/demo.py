@@ -11,6 +11,7 @@ a report and plots.
 
 from __future__ import annotations
 
+import json
 import resource
 import statistics
 import time
@@ -74,6 +75,15 @@ def check_demo(cfg: DemoConfig) -> None:
     if out.is_dir() and any(out.iterdir()) and not cfg.resume:
         raise RepFusionError(f"{out} already holds a demo; pass --resume to continue or reuse it, or choose "
                              "another --out.")
+    saved = out / "demo_config.json"
+    if cfg.resume and saved.is_file() and json.loads(saved.read_text()) != settings(cfg):
+        raise RepFusionError(f"{out} holds a demo run with other settings ({saved}); --resume reuses finished "
+                             "stages, so give the same settings or choose another --out.")
+
+
+def settings(cfg: DemoConfig) -> dict[str, Any]:
+    """What the demo's stages depend on: a resumed demo must match it, or it would mix two runs."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("timings", "progress", "resume", "out")}
 
 
 def _trainer(epochs: int, cfg: DemoConfig, seed: int = 0, ema: float | None = 0.99, **extra: Any) -> TrainerConfig:
@@ -129,6 +139,7 @@ def finetune_config(cfg: DemoConfig, init: Path | None, seed: int) -> FinetuneRu
 def run_demo(cfg: DemoConfig) -> dict:
     check_demo(cfg)
     out = Path(cfg.out)
+    write_json(out / "demo_config.json", settings(cfg))
     start = time.time()
     teacher_run = TeacherRun(teacher="tiny-16", data=data_config(cfg, crop_padding=0),
                              optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.0, schedule="constant"),
@@ -177,7 +188,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"summary": summary, "paired_difference": difference, "probe": probe, "timings_s": cfg.timings,
               "wall_s": wall, "peak_rss_mb": peak_mb,
-              "config": {k: v for k, v in asdict(cfg).items() if k not in ("timings", "progress", "resume")}}
+              "config": {"out": cfg.out, **settings(cfg)}}
     _stage("5/5 write the report", cfg, lambda: write_report(out, result))
     write_json(out / "results.json", result)
     print("\n" + results_table(summary, difference))
@@ -186,8 +197,6 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _read_top1(run_dir: Path) -> float:
-    import json
-
     return float(json.loads((run_dir / "results.json").read_text())["test/top1"])
 
 
