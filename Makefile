@@ -8,7 +8,7 @@ install:
 	$(PYTHON) -m pip install --quiet -e ".[test]"
 
 demo: install
-	repfusion demo
+	repfusion demo --resume  # a second `make demo` reuses finished stages instead of refusing
 
 test: install
 	$(PYTHON) -m pytest -q
