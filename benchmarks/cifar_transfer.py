@@ -24,6 +24,7 @@ Each seed runs its own distillations. Finished runs are kept, so an interrupted 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import statistics
@@ -129,9 +130,8 @@ def main() -> None:
                     start = time.time()
                     init = None if arm == "scratch" else str(args.work / arm / f"seed{seed}" / "distill")
                     ft = FinetuneRun(init=init, student=ModelSection("resnet18_cifar", args.width),
-                                     data=DataConfig(**{**data.__dict__, "label_fraction": fraction,
-                                                        "split_seed": seed,
-                                                        "batch_size": args.batch if fraction >= 0.5 else 64}),
+                                     data=dataclasses.replace(data, label_fraction=fraction, split_seed=seed,
+                                                              batch_size=args.batch if fraction >= 0.5 else 64),
                                      optim=OptimConfig(lr=0.1, nesterov=True), trainer=trainer(epochs, seed))
                     metrics = run_finetune(ft, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
                     write_json(done, {"top1": metrics["test/top1"], "seconds": time.time() - start, "epochs": epochs})

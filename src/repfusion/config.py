@@ -126,17 +126,16 @@ def _explain(parser: ArgumentParser, message: str) -> str:
         near = closest(full, valid)
         hint = f"; valid keys near it: {', '.join(near)}" if near else ""
         return f"Unknown config key '{full}'{hint}."
+    key = re.search(r'Parser key "([^"]+)"', message)
     denied = re.search(r"Importing '([^']+)' is not allowed", message)
     if denied:
-        key = re.search(r'Parser key "([^"]+)"', message)
         where = f"Config key '{key.group(1)}'" if key else "The config"
         return (f"{where} names '{denied.group(1)}' to import; a config is data, so repfusion never imports or "
                 "instantiates what it names: give plain values.")
-    value = re.search(r'Parser key "([^"]+)"', message)
-    if value:
+    if key:
         given = re.search(r"Given value: (.*)", message)
         shown = f" '{given.group(1).strip()}'" if given else ""
-        return f"Config key '{value.group(1)}' got the invalid value{shown}; check its type in the config reference."
+        return f"Config key '{key.group(1)}' got the invalid value{shown}; check its type in the config reference."
     return first + ("" if first.endswith(".") else ".")
 
 

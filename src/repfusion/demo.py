@@ -109,9 +109,9 @@ def _once(done: Path, run: Callable[[bool], Any], run_dir: Path, cfg: DemoConfig
 
 
 def data_config(cfg: DemoConfig, **changes: Any) -> DataConfig:
-    settings: dict[str, Any] = dict(source="digits", image_size=cfg.image_size, batch_size=64,
-                                    crop_padding=cfg.crop_padding, flip=False)
-    return DataConfig(**{**settings, **changes})
+    base: dict[str, Any] = dict(source="digits", image_size=cfg.image_size, batch_size=64,
+                                crop_padding=cfg.crop_padding, flip=False)
+    return DataConfig(**{**base, **changes})
 
 
 def distill_config(cfg: DemoConfig, teacher_dir: Path) -> DistillRun:
@@ -172,10 +172,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         for seed in range(cfg.seeds):
             for arm in ARMS:
                 run_dir = out / f"finetune-{arm}-seed{seed}"
-                if not (run_dir / "results.json").exists():
-                    resume = cfg.resume and (run_dir / "checkpoints" / "last.ckpt").exists()
-                    run_finetune(finetune_config(cfg, distill_dir if arm == "repfusion" else None, seed), run_dir,
-                                 resume)
+                run = finetune_config(cfg, distill_dir if arm == "repfusion" else None, seed)
+                _once(run_dir / "results.json", lambda r: run_finetune(run, run_dir, r), run_dir, cfg)
                 top1 = _read_top1(run_dir)
                 arms[arm].append(top1)
                 print(f"   seed {seed} {arm:>9}: test top-1 {100 * top1:.2f} %", flush=True)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.augment import Normalize
 from ..errors import RepFusionError
 from ..features import layer_output, pooled, resolve_modules
-from ..students import build_student, load_student
+from ..students import build_student, find_export, load_student
 from .probe import linear_probe
 
 DEFAULT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -31,11 +31,10 @@ RANDOM_PREFIX = "random"
 
 def student_folder(source: str | Path) -> Path:
     """The exported student inside a distill run folder (student/), a finetune run folder (model/), or itself."""
-    path = Path(source)
-    for candidate in (path, path / "student", path / "model"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    if not path.exists():
+    found = find_export(source, ("student", "model"))
+    if found is not None:
+        return found
+    if not Path(source).exists():
         raise RepFusionError(f"Student {source} does not exist; give a distill or finetune run folder, or "
                              "random:ARCH for a randomly initialised student.")
     raise RepFusionError(f"{source} holds no exported student (no config.json in it, student/ or model/); give a "

@@ -30,9 +30,9 @@ class PerTimestepStandardizer(nn.Module):
 
     With `pooled` statistics (for pooled losses: hint, RKD) the scale is the across-image standard
     deviation of the spatially averaged feature, so the target the loss sees has unit variance; with
-    dense statistics (dense hint, AT) it is the standard deviation over images and positions. A bin's variance is
-    shrunk towards the within-bin variance pooled over all bins while it has seen few images
-    (`prior_images` pseudo-images), so a bin first visited by one image does not divide by zero.
+    dense statistics (dense hint, AT) it is the standard deviation over images and positions. A bin's
+    variance is shrunk towards the within-bin variance pooled over all bins while it has seen few
+    images (`prior_images` pseudo-images), so a bin first visited by one image does not divide by zero.
 
     Args:
         channels (`int`): teacher feature channels.

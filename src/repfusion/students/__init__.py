@@ -37,10 +37,19 @@ def read_student_config(folder: str | Path) -> dict:
     return config
 
 
+def find_export(path: str | Path, subfolders: tuple[str, ...] = ("student",)) -> Path | None:
+    """The exported student folder (one holding config.json): `path` itself or one of its `subfolders`."""
+    path = Path(path)
+    for candidate in (path, *(path / name for name in subfolders)):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
 def load_student(folder: str | Path) -> ModelMixin:
     """A student exported with save_pretrained (safetensors weights + config naming arch and width)."""
     config = read_student_config(folder)
     return STUDENT_CLASSES[config["_class_name"]].from_pretrained(str(folder), use_safetensors=True)
 
 
-__all__ = ["STUDENTS", "MobileNetV2", "ResNet", "build_student", "load_student", "read_student_config"]
+__all__ = ["STUDENTS", "MobileNetV2", "ResNet", "build_student", "find_export", "load_student", "read_student_config"]

@@ -14,7 +14,7 @@ from ..analysis.plots import plot_curves
 from ..data import DataConfig, ImageDataModule, Normalize
 from ..errors import RepFusionError
 from ..io import load_checkpoint, load_tensors, replace_dir, staging_dir, write_json
-from ..students import build_student, read_student_config
+from ..students import build_student, find_export, read_student_config
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
 from .classification import Classification
 
@@ -47,11 +47,8 @@ class FinetuneRun:
 
 
 def student_folder(init: str) -> Path | None:
-    path = Path(init)
-    for candidate in (path, path / "student"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    return None
+    """A distill run folder's exported student, or the export folder itself."""
+    return find_export(init, ("student",))
 
 
 def backbone_weights(init: str) -> dict[str, torch.Tensor]:
