@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -142,6 +143,14 @@ def main() -> None:
     report(results, args, shlex.join(["python", *sys.argv]))
 
 
+def portable(value: object) -> str:
+    """A setting as text, with paths relative to the repository so result files name no machine's folders."""
+    text = str(value)
+    if isinstance(value, Path) or Path(text).is_absolute():
+        return os.path.relpath(text, ROOT)
+    return text
+
+
 def report(results: dict, args: argparse.Namespace, command: str) -> None:
     from repfusion.analysis.plots import plot_arms
     from repfusion.analysis.stats import paired_difference
@@ -166,7 +175,7 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
                      "mass_below_300": [sum(r["final_t_distribution"][:6]) if r["final_t_distribution"] else None
                                         for r in runs],
                      "seconds": statistics.mean(r["seconds"] for r in runs)} for arm, runs in results["distill"].items()}
-    write_json(args.out / "cifar_transfer.json", {"command": command, "config": {k: str(v) for k, v in vars(args).items()},
+    write_json(args.out / "cifar_transfer.json", {"command": command, "config": {k: portable(v) for k, v in vars(args).items()},
                                                   "finetune": table, "distill": distill})
     pct = lambda x: f"{100 * x:.2f}"  # noqa: E731
     ci = lambda d: f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"  # noqa: E731

@@ -1,8 +1,8 @@
 """Timestep-aware distillation targets: the teacher feature standardised per t-bin (our improvement).
 
 In clean mode t reaches the UNet only through its time embedding, which shifts every image's feature
-by the same per-t offset; on the CIFAR-subset teacher that offset carries 78 % of the pooled feature's
-variance when t is uniform. A student that never sees t cannot regress it, so its capacity goes into
+by the same per-t offset; on the CIFAR-subset teacher that offset carries 79 % of the pooled feature's
+variance over t in {0, 50, ..., 700} (benchmarks/results/cifar_probe/shared_teacher/probe.md). A student that never sees t cannot regress it, so its capacity goes into
 an average offset instead of the images. Subtracting a running per-channel mean and dividing by a
 running per-channel standard deviation of the teacher feature at each t-bin removes the offset and
 equalises the scale across t, so the hint, the task head and RKD's relations all see image content.
