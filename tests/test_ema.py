@@ -11,7 +11,8 @@ from repfusion.distill.run import DistillRun, StudentSection, build_distillation
 from repfusion.ema import EMA, warmup_decay
 from repfusion.errors import RepFusionError
 from repfusion.io import load_tensors
-from repfusion.tasks.finetune import FinetuneRun, ModelSection, build_classification, run_finetune
+from repfusion.tasks.classification import build_classification
+from repfusion.tasks.finetune import FinetuneRun, ModelSection, run_finetune
 from repfusion.teachers import default_scheduler, unet_from_preset
 from repfusion.teachers.ddpm_training import DDPMTraining
 from repfusion.training import OptimConfig, TrainerConfig, build_trainer

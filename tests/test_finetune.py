@@ -5,7 +5,8 @@ from repfusion.cli import main
 from repfusion.data import DataConfig, ImageDataModule
 from repfusion.errors import RepFusionError
 from repfusion.io import load_tensors
-from repfusion.tasks.finetune import FinetuneRun, ModelSection, build_classification
+from repfusion.tasks.classification import build_classification
+from repfusion.tasks.finetune import FinetuneRun, ModelSection
 
 FAST = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
         "--trainer.progress", "false", "--data.batch_size", "16"]

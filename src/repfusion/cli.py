@@ -57,7 +57,8 @@ def _finetune(argv: list[str]) -> None:
     from .tasks.finetune import FinetuneRun, run_finetune
 
     config, run_dir, results = _configured_run("finetune", argv, FinetuneRun,
-                                               "Classification fine-tuning (init: null = scratch).", run_finetune)
+                                               "Fine-tuning for classification, segmentation or landmarks (--task; init: null = scratch).",
+                                               run_finetune)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()))
     _say(f"Test results ({config.init or 'scratch'}): {shown}; model saved to {run_dir / 'model'}")
 

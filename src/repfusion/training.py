@@ -66,7 +66,9 @@ def lr_factor(epoch: int, cfg: OptimConfig, max_epochs: int) -> float:
     if cfg.schedule == "step":
         milestones = cfg.milestones or [max(1, round(max_epochs * 0.5)), max(1, round(max_epochs * 0.75))]
         return warm * cfg.gamma ** sum(epoch >= m for m in milestones)
-    raise RepFusionError(f"optim.schedule must be one of step, cosine, constant, not '{cfg.schedule}'.")
+    if cfg.schedule == "poly":  # BiSeNet's and most segmentation codebases': (1 - progress) ** 0.9
+        return warm * (1 - min(epoch, max_epochs) / max(1, max_epochs)) ** 0.9
+    raise RepFusionError(f"optim.schedule must be one of step, cosine, poly, constant, not '{cfg.schedule}'.")
 
 
 def configure_optimization(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, max_epochs: int) -> dict[str, Any]:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..data import ImageDataModule
 from ..data.augment import Normalize
 from ..stage import Stage
+from ..students import build_student
 from ..training import OptimConfig
+from .backbone import init_backbone, resolve_architecture
+
+if TYPE_CHECKING:
+    from .finetune import FinetuneRun
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -59,3 +67,12 @@ class Classification(Stage):
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test/")
+
+
+def build_classification(cfg: FinetuneRun, datamodule: ImageDataModule) -> Classification:
+    channels, height, _ = datamodule.sample_shape()
+    arch, width = resolve_architecture(cfg.init, cfg.student, "resnet18_cifar")
+    model = build_student(arch, width, num_classes=datamodule.num_classes, in_channels=channels)
+    init_backbone(model, cfg.init)
+    return Classification(model, datamodule.num_classes, cfg.optim, height, Normalize(cfg.data.mean, cfg.data.std),
+                          cfg.data.crop_padding, cfg.data.flip, cfg.label_smoothing)

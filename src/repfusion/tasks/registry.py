@@ -1,0 +1,49 @@
+"""Every downstream task in one place: what it builds, what it monitors, what its batches must carry.
+
+The tasks differ only in head, loss, metrics and the augmentation of their targets; the distilled
+backbone, the finetune verb, checkpoints, EMA, DDP and the report are shared (`tasks.finetune`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..data import ImageDataModule
+    from ..stage import Stage
+    from .finetune import FinetuneRun
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """`needs`: the target key every batch must carry (None: integer class labels)."""
+
+    name: str
+    builder: str  # "module:function" inside repfusion.tasks, imported on use so the registry stays light
+    monitor: str
+    mode: str
+    default_arch: str
+    curves: tuple[str, ...]
+    needs: str | None
+
+    def build(self, cfg: FinetuneRun, datamodule: ImageDataModule) -> Stage:
+        module, function = self.builder.split(":")
+        build: Callable = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+        return build(cfg, datamodule)
+
+
+TASKS: Registry[TaskSpec] = Registry("task")
+for _spec in (
+    TaskSpec("classification", "classification:build_classification", "val/top1", "max", "resnet18_cifar",
+             ("train/loss", "train/top1", "val/top1"), None),
+    TaskSpec("segmentation", "segmentation:build_segmentation", "val/miou", "max", "resnet18",
+             ("train/loss", "val/miou"), "mask"),
+    TaskSpec("landmarks", "landmarks:build_landmarks", "val/nme", "min", "resnet50",
+             ("train/loss", "val/nme"), "keypoints"),
+):
+    TASKS.register(_spec, name=_spec.name)
