@@ -98,7 +98,9 @@ def test_load_from_save_pretrained_folder(tiny_teacher_dir):
 
 
 def test_hub_id_goes_through_from_pretrained(monkeypatch):
-    from diffusers import UNet2DModel
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from repfusion.teachers import default_scheduler
 
     seen = {}
 
@@ -107,6 +109,7 @@ def test_hub_id_goes_through_from_pretrained(monkeypatch):
         return unet_from_preset("tiny-16")
 
     monkeypatch.setattr(UNet2DModel, "from_pretrained", fake)
+    monkeypatch.setattr(DDPMScheduler, "from_pretrained", lambda source, **kwargs: default_scheduler())  # no network
     DiffusionTeacher.from_source("google/ddpm-cifar10-32")
     assert seen["source"] == "google/ddpm-cifar10-32"
 

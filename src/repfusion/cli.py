@@ -56,29 +56,69 @@ def _distill(argv: list[str]) -> None:
 def _finetune(argv: list[str]) -> None:
     from .tasks.finetune import FinetuneRun, run_finetune
 
-    config, run_dir, results = _configured_run("finetune", argv, FinetuneRun,
-                                               "Fine-tuning for classification, segmentation or landmarks (--task; init: null = scratch).",
-                                               run_finetune)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()))
-    _say(f"Test results ({config.init or 'scratch'}): {shown}; model saved to {run_dir / 'model'}")
+    description = "Fine-tuning for classification, segmentation or landmarks (--task; init: null = scratch)."
+    config, run_dir, results = _configured_run("finetune", argv, FinetuneRun, description, run_finetune)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()) if k.count("/") == 1)  # per-class: results.json
+    _say(f"Test results ({config.init or 'scratch'}): {shown} (all in {run_dir / 'results.json'}); model saved to "
+         f"{run_dir / 'model'}")
 
 
 def _demo(argv: list[str]) -> None:
     from .demo import DemoConfig, quick, run_demo
 
     defaults = DemoConfig()
-    parser = argparse.ArgumentParser(prog="repfusion demo", description="The whole pipeline on embedded data.")
-    parser.add_argument("--out", default=defaults.out)
-    parser.add_argument("--seeds", type=int, default=defaults.seeds, help="Fine-tuning seeds per arm (>= 2).")
+    parser = argparse.ArgumentParser(prog="repfusion demo", description="The whole pipeline on embedded data: "
+                                     "digits classification (default), or face parsing / landmarks on generated faces.")
+    parser.add_argument("--task", default="classification", choices=["classification", "segmentation", "landmarks"])
+    parser.add_argument("--out", default=None, help="Output folder (default runs/demo, runs/demo-<task> when dense).")
+    parser.add_argument("--seeds", type=int, default=None, help="Fine-tuning seeds per arm (>= 2; default 5, dense 3).")
     parser.add_argument("--label-fraction", type=float, default=defaults.label_fraction,
-                        help="Share of training labels fine-tuning sees (stratified, drawn per seed).")
+                        help="Classification: share of training labels fine-tuning sees (stratified, drawn per seed).")
+    parser.add_argument("--labelled", type=int, default=None, help="Dense tasks: labelled training faces per seed.")
     parser.add_argument("--quick", action="store_true", help="One or two epochs per stage (a smoke run).")
     parser.add_argument("--resume", action="store_true", help="Reuse finished stages of --out, continue the rest.")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    cfg = DemoConfig(out=args.out, seeds=args.seeds, label_fraction=args.label_fraction,
-                     progress=not args.no_progress, resume=args.resume)
+    if args.task != "classification":
+        _dense_demo(args)
+        return
+    cfg = DemoConfig(out=args.out or defaults.out, seeds=args.seeds or defaults.seeds,
+                     label_fraction=args.label_fraction, progress=not args.no_progress, resume=args.resume)
     run_demo(quick(cfg) if args.quick else cfg)
+
+
+def _dense_demo(args: argparse.Namespace) -> None:
+    from .dense_demo import DenseDemoConfig, quick_dense, run_dense_demo
+
+    defaults = DenseDemoConfig()
+    cfg = DenseDemoConfig(task=args.task, out=args.out, seeds=args.seeds or defaults.seeds,
+                          labelled=args.labelled or defaults.labelled, progress=not args.no_progress,
+                          resume=args.resume)
+    run_dense_demo(quick_dense(cfg) if args.quick else cfg)
+
+
+def _add_teacher_options(parser: argparse.ArgumentParser) -> None:
+    """Options of class-conditional, ADM and latent teachers, shared by `probe` and `layers`."""
+    parser.add_argument("--class-label", default="auto", help="Class-conditional teachers (ADM ImageNet, DiT): "
+                        "auto | dataset | null | a class index (default auto: DiT's null class, else class 0; dataset "
+                        "labels leak the label into the features).")
+    parser.add_argument("--adm-flags", default="imagenet-64", help="ADM checkpoint's model flags: a preset "
+                        "(imagenet-64, imagenet-256, imagenet-256-uncond, lsun-256) or a JSON object of flags.")
+    parser.add_argument("--uncond-embedding", default=None, help="Latent teachers without a text encoder: file "
+                        "with the empty-prompt embedding (default zeros, with a warning).")
+
+
+def _teacher_options(args: argparse.Namespace) -> dict:
+    import json
+
+    flags = args.adm_flags
+    if flags.lstrip().startswith("{"):
+        try:
+            flags = json.loads(flags)
+        except ValueError:
+            raise RepFusionError("--adm-flags is not valid JSON; give a preset name or a JSON object of "
+                                 "flags.") from None
+    return {"class_label": args.class_label, "adm_flags": flags, "uncond_embedding": args.uncond_embedding}
 
 
 def _probe(argv: list[str]) -> None:
@@ -90,7 +130,8 @@ def _probe(argv: list[str]) -> None:
                                      "probe, effective rank, variance explained by t), or a frozen student's "
                                      "linear-probe and k-NN accuracy.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--teacher", help="Preset, save_pretrained folder or hub id.")
+    source.add_argument("--teacher", help="Preset, save_pretrained folder, pipeline folder (latent, DiT), "
+                        "guided-diffusion .pt file or hub id.")
     source.add_argument("--student", help="Distill run folder (or its student/), finetune run folder (or its "
                         "model/), or random[:ARCH] for a randomly initialised student.")
     parser.add_argument("--data", default="digits", help="digits | cifar | folder | tiny-imagenet")
@@ -99,21 +140,23 @@ def _probe(argv: list[str]) -> None:
     parser.add_argument("--timesteps", type=int, nargs="+", default=ProbeConfig().timesteps, help="Teacher only.")
     parser.add_argument("--modes", nargs="+", default=["clean", "noised"], choices=["clean", "noised"],
                         help="Teacher only.")
-    parser.add_argument("--layer", nargs="+", default=None, help="Teacher: one or more layers (default "
-                        f"{ProbeConfig().layers[0]}); student: one layer (default its feature layer).")
+    parser.add_argument("--layer", nargs="+", default=None, help="Teacher: one or more layers (default its "
+                        f"default_layer, {ProbeConfig().layers[0]} for UNets); student: one layer (default its "
+                        "feature layer).")
     parser.add_argument("--arch", default=None, help="Architecture of a random student (default resnet18_cifar).")
     parser.add_argument("--width", type=float, default=1.0, help="Width of a random student.")
     parser.add_argument("--mean", type=float, nargs=3, default=None, help="Student pixel mean (default: its run's).")
     parser.add_argument("--std", type=float, nargs=3, default=None, help="Student pixel std (default: its run's).")
     parser.add_argument("--k", type=int, default=20, help="Neighbours of the student's k-NN classifier.")
     parser.add_argument("--out", default=None, help="Output folder (default runs/probe or runs/student-probe).")
+    _add_teacher_options(parser)
     args = parser.parse_args(argv)
     if args.student is not None:
         _probe_student(args)
         return
     out = args.out or "runs/probe"
-    layers = args.layer or ProbeConfig().layers
-    teacher = DiffusionTeacher.from_source(args.teacher)
+    teacher = DiffusionTeacher.from_source(args.teacher, **_teacher_options(args))
+    layers = args.layer or [teacher.default_layer]
     data = DataConfig(source=args.data, root=args.root, image_size=args.image_size or teacher.sample_size)
     train, test = build_split(data, train=True), build_split(data, train=False)
     sample = train[0][0]
@@ -148,12 +191,15 @@ def _layers(argv: list[str]) -> None:
 
     parser = argparse.ArgumentParser(prog="repfusion layers", description="List hookable modules with output shapes.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--teacher", help="Preset, save_pretrained folder or hub id.")
+    source.add_argument("--teacher", help="Preset, save_pretrained folder, pipeline folder (latent, DiT), "
+                        "guided-diffusion .pt file or hub id.")
     source.add_argument("--student", help="Student architecture name.")
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--width", type=float, default=1.0, help="Student width multiplier.")
+    _add_teacher_options(parser)
     args = parser.parse_args(argv)
-    print(list_layers(teacher=args.teacher, student=args.student, image_size=args.image_size, width=args.width))
+    print(list_layers(teacher=args.teacher, student=args.student, image_size=args.image_size, width=args.width,
+                      teacher_options=_teacher_options(args) if args.teacher else None))
 
 
 VERBS = {

@@ -69,14 +69,18 @@ def check_demo(cfg: DemoConfig) -> None:
     if cfg.seeds < 2:
         raise RepFusionError(f"--seeds must be at least 2 for a confidence interval, not {cfg.seeds}.")
     check_label_budget(cfg.label_fraction, None)
-    out = Path(cfg.out)
+    check_out(Path(cfg.out), cfg.resume, settings(cfg))
+
+
+def check_out(out: Path, resume: bool, wanted: dict[str, Any]) -> None:
+    """A demo folder is reused only with --resume and the same settings, so a report never mixes two runs."""
     if out.exists() and not out.is_dir():
         raise RepFusionError(f"--out {out} is a file; give a folder for the demo's runs and report.")
-    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
+    if out.is_dir() and any(out.iterdir()) and not resume:
         raise RepFusionError(f"{out} already holds a demo; pass --resume to continue or reuse it, or choose "
                              "another --out.")
     saved = out / "demo_config.json"
-    if cfg.resume and saved.is_file() and json.loads(saved.read_text()) != settings(cfg):
+    if resume and saved.is_file() and json.loads(saved.read_text()) != wanted:
         raise RepFusionError(f"{out} holds a demo run with other settings ({saved}); --resume reuses finished "
                              "stages, so give the same settings or choose another --out.")
 
@@ -86,12 +90,12 @@ def settings(cfg: DemoConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(cfg).items() if k not in ("timings", "progress", "resume", "out")}
 
 
-def _trainer(epochs: int, cfg: DemoConfig, seed: int = 0, ema: float | None = 0.99, **extra: Any) -> TrainerConfig:
+def demo_trainer(epochs: int, cfg: DemoConfig, seed: int = 0, ema: float | None = 0.99, **extra: Any) -> TrainerConfig:
     return TrainerConfig(max_epochs=epochs, seed=seed, ema_decay=ema, progress=cfg.progress, log_every_n_steps=5,
                          **extra)
 
 
-def _stage(name: str, cfg: DemoConfig, fn: Callable[[], Any]) -> Any:
+def run_stage(name: str, cfg: DemoConfig, fn: Callable[[], Any]) -> Any:
     print(f"\n== {name}", flush=True)
     start = time.time()
     result = fn()
@@ -100,7 +104,7 @@ def _stage(name: str, cfg: DemoConfig, fn: Callable[[], Any]) -> Any:
     return result
 
 
-def _once(done: Path, run: Callable[[bool], Any], run_dir: Path, cfg: DemoConfig) -> Any:
+def run_once(done: Path, run: Callable[[bool], Any], run_dir: Path, cfg: DemoConfig) -> Any:
     """Skip a stage whose output exists; continue an interrupted one from its checkpoint (--resume)."""
     if done.exists():
         return None
@@ -123,7 +127,7 @@ def distill_config(cfg: DemoConfig, teacher_dir: Path) -> DistillRun:
         timesteps=TimestepConfig(strategy=cfg.strategy, entropy_weight=0.1,
                                  entropy_decay_epochs=max(1, cfg.distill_epochs // 2), policy_bins=20,
                                  advantage="normalized", policy_warmup_epochs=1.0 if cfg.distill_epochs > 2 else 0.0),
-        reward=cfg.reward, data=data_config(cfg), optim=OptimConfig(lr=0.05), trainer=_trainer(cfg.distill_epochs, cfg),
+        reward=cfg.reward, data=data_config(cfg), optim=OptimConfig(lr=0.05), trainer=demo_trainer(cfg.distill_epochs, cfg),
     )
 
 
@@ -132,7 +136,7 @@ def finetune_config(cfg: DemoConfig, init: Path | None, seed: int) -> FinetuneRu
     return FinetuneRun(init=str(init) if init else None, student=ModelSection(cfg.arch, cfg.width),
                        data=data_config(cfg, label_fraction=cfg.label_fraction, split_seed=seed, batch_size=32),
                        optim=OptimConfig(lr=0.05, nesterov=True),
-                       trainer=_trainer(cfg.finetune_epochs, cfg, seed=seed,
+                       trainer=demo_trainer(cfg.finetune_epochs, cfg, seed=seed,
                                         check_val_every_n_epoch=max(1, cfg.finetune_epochs // 4)))
 
 
@@ -143,15 +147,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     start = time.time()
     teacher_run = TeacherRun(teacher="tiny-16", data=data_config(cfg, crop_padding=0),
                              optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=0.0, schedule="constant"),
-                             trainer=_trainer(cfg.teacher_epochs, cfg), samples=16, sample_steps=50)
+                             trainer=demo_trainer(cfg.teacher_epochs, cfg), samples=16, sample_steps=50)
     teacher_dir = out / "teacher" / "teacher"
-    _stage("1/5 train the teacher DDPM on every training image (no labels)", cfg,
-           lambda: _once(teacher_dir / "config.json", lambda r: train_teacher(teacher_run, out / "teacher", r),
+    run_stage("1/5 train the teacher DDPM on every training image (no labels)", cfg,
+           lambda: run_once(teacher_dir / "config.json", lambda r: train_teacher(teacher_run, out / "teacher", r),
                          out / "teacher", cfg))
 
     distill_dir = out / "distill"
-    _stage("2/5 distil it into the student (no labels)", cfg,
-           lambda: _once(distill_dir / "student" / "config.json",
+    run_stage("2/5 distil it into the student (no labels)", cfg,
+           lambda: run_once(distill_dir / "student" / "config.json",
                          lambda r: run_distillation(distill_config(cfg, teacher_dir), distill_dir, r), distill_dir, cfg))
 
     def probes() -> dict[str, dict[str, float]]:
@@ -164,7 +168,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                   f"k-NN {100 * scores['knn']:.2f} %", flush=True)
         return found
 
-    probe = _stage("3/5 probe the frozen backbones (all training labels, no fine-tuning)", cfg, probes)
+    probe = run_stage("3/5 probe the frozen backbones (all training labels, no fine-tuning)", cfg, probes)
 
     arms: dict[str, list[float]] = {arm: [] for arm in ARMS}
 
@@ -173,12 +177,12 @@ def run_demo(cfg: DemoConfig) -> dict:
             for arm in ARMS:
                 run_dir = out / f"finetune-{arm}-seed{seed}"
                 run = finetune_config(cfg, distill_dir if arm == "repfusion" else None, seed)
-                _once(run_dir / "results.json", lambda r: run_finetune(run, run_dir, r), run_dir, cfg)
+                run_once(run_dir / "results.json", lambda r: run_finetune(run, run_dir, r), run_dir, cfg)
                 top1 = _read_top1(run_dir)
                 arms[arm].append(top1)
                 print(f"   seed {seed} {arm:>9}: test top-1 {100 * top1:.2f} %", flush=True)
 
-    _stage(f"4/5 fine-tune on {100 * cfg.label_fraction:g} % of the labels, RepFusion and scratch, "
+    run_stage(f"4/5 fine-tune on {100 * cfg.label_fraction:g} % of the labels, RepFusion and scratch, "
            f"{cfg.seeds} seeds each", cfg, finetune_all)
     summary = {arm: {"mean": statistics.mean(v), "std": statistics.stdev(v), "runs": v} for arm, v in arms.items()}
     difference = paired_difference(arms["repfusion"], arms["scratch"]).as_dict()
@@ -187,7 +191,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     result = {"summary": summary, "paired_difference": difference, "probe": probe, "timings_s": cfg.timings,
               "wall_s": wall, "peak_rss_mb": peak_mb,
               "config": {"out": cfg.out, **settings(cfg)}}
-    _stage("5/5 write the report", cfg, lambda: write_report(out, result))
+    run_stage("5/5 write the report", cfg, lambda: write_report(out, result))
     write_json(out / "results.json", result)
     print("\n" + results_table(summary, difference))
     print(f"\nwall time {wall:.0f} s, peak memory {peak_mb:.0f} MB; report: {out / 'report.md'}")

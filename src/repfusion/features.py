@@ -33,15 +33,22 @@ def first_tensor(output: object) -> torch.Tensor | None:
 
 
 def resolve_modules(model: nn.Module, layers: Sequence[str], kind: str = "layer") -> dict[str, nn.Module]:
-    """Map dotted paths to modules; a bad path raises naming the closest valid ones."""
-    named = dict(model.named_modules())
-    named.pop("", None)
-    missing = [name for name in layers if name not in named]
-    if missing:
-        raise unknown_name_error(
-            kind, missing[0], named, hint=" (list them with `repfusion layers`)"
-        )
-    return {name: named[name] for name in layers}
+    """Map dotted paths to modules; a bad path raises naming the closest valid ones.
+
+    Each path is followed attribute by attribute (`get_submodule`), so a call costs the depth of the paths,
+    not a walk over every module of a large UNet; the full list is built only for the error message.
+    """
+    found: dict[str, nn.Module] = {}
+    for name in layers:
+        try:
+            found[name] = model.get_submodule(name) if name else None  # type: ignore[assignment]
+        except AttributeError:
+            found[name] = None  # type: ignore[assignment]
+        if found[name] is None:
+            named = dict(model.named_modules())
+            named.pop("", None)
+            raise unknown_name_error(kind, name, named, hint=" (list them with `repfusion layers`)")
+    return found
 
 
 @dataclass(frozen=True)

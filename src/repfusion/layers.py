@@ -21,16 +21,18 @@ def format_table(rows: list[tuple[str, str, tuple[int, ...] | None]]) -> str:
 
 
 def list_layers(teacher: str | None = None, student: str | None = None, image_size: int | None = None,
-                width: float = 1.0) -> str:
+                width: float = 1.0, teacher_options: dict | None = None) -> str:
+    """The table `repfusion layers` prints; `teacher_options` go to `DiffusionTeacher.from_source`."""
     if teacher is not None:
         from .teachers import DiffusionTeacher
 
-        t = DiffusionTeacher.from_source(teacher, image_size=image_size)
+        t = DiffusionTeacher.from_source(teacher, image_size=image_size, **(teacher_options or {}))
         size = image_size or t.sample_size
-        t.check_input((1, t.in_channels, size, size))
-        x = torch.zeros(1, t.in_channels, size, size)
-        rows = output_shapes(t.unet, lambda: t.unet(x, torch.zeros(1, dtype=torch.long)))
-        header = f"teacher {teacher} at {size}x{size}, {t.num_timesteps} timesteps"
+        rows = t.layer_rows(size)
+        header = (f"teacher {teacher} ({t.kind}) at {size}x{size}, {t.num_timesteps} timesteps; "
+                  f"default feature layer: {t.default_layer}")
+        if t.kind == "dit":
+            header += "; transformer tokens are listed as the (C, H, W) maps the teacher returns"
     elif student is not None:
         from .students import build_student
 

@@ -428,9 +428,13 @@ def prepare_run(run_dir: Path, resume: bool, module: torch.nn.Module | None = No
     return ckpt
 
 
-def nonfinite_message(trainer: pl.Trainer, what: str) -> str:
-    """What a NaN/inf stop leaves behind, said exactly: no checkpoint, or the last one and its magnitude."""
-    where = f"{what} at step {trainer.global_step} (epoch {trainer.current_epoch}); the run stopped"
+def nonfinite_message(trainer: pl.Trainer, what: str, step: int | None = None, epoch: int | None = None) -> str:
+    """What a NaN/inf stop leaves behind, said exactly: no checkpoint, or the last one and its magnitude.
+
+    step/epoch: where it happened, when that was before now (default: the trainer's current step)."""
+    step = trainer.global_step if step is None else step
+    epoch = trainer.current_epoch if epoch is None else epoch
+    where = f"{what} at step {step} (epoch {epoch}); the run stopped"
     last = None
     for cb in trainer.checkpoint_callbacks:
         if isinstance(cb, EpochCheckpoint) and cb.dirpath:

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from .ema import EMA
 from .config import JSONValue
 from .errors import RepFusionError
+from .fastpath import ApplyFastPaths, check_fast_paths, resolve_fast_paths
 from .runstate import AtomicCheckpointIO, EpochCheckpoint, RunCSVLogger, RunState, nonfinite_message
 from .runstate import prepare_run as prepare_run, restore_finished as restore_finished  # the runners' entry
 from .runstate import resume_path as resume_path  # points
@@ -80,7 +81,17 @@ def configure_optimization(params: Iterable[torch.nn.Parameter], cfg: OptimConfi
 
 @dataclass
 class TrainerConfig:
-    """Lightning Trainer settings (multi-GPU: devices, num_nodes, strategy=ddp; see the README)."""
+    """Lightning Trainer settings (multi-GPU: devices, num_nodes, strategy=ddp; see the README).
+
+    Speed options (`repfusion.fastpath`), each `auto` by default, which turns on what is safe on the device
+    the run trains on and leaves CPU runs as they were:
+
+    - precision: a Lightning precision name, or auto = `bf16-mixed` on a CUDA GPU with bf16 (autocast
+      of teacher and student; losses stay fp32), `32-true` on a CPU.
+    - channels_last: true | false | auto (= true on a CUDA GPU): channels-last weights and activations.
+    - compile: true | false | auto (= false everywhere): `torch.compile` of the student (the model / UNet
+      in the other stages; not the frozen teacher), in place, so checkpoints do not change.
+    """
 
     max_epochs: int = 200
     max_steps: int = -1
@@ -88,10 +99,11 @@ class TrainerConfig:
     devices: int | str | list[int] = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"
     deterministic: bool = False
     sync_batchnorm: bool = True
-    channels_last: bool = False
+    channels_last: bool | str = "auto"
+    compile: bool | str = "auto"
     seed: int = 0
     ema_decay: float | None = 0.999
     limit_train_batches: int | float | None = None  # an int is a number of batches, a float a fraction
@@ -116,7 +128,7 @@ def _precisions() -> tuple[str, ...]:
 
     from lightning.fabric.connector import _PRECISION_INPUT_STR
 
-    return tuple(get_args(_PRECISION_INPUT_STR)) + ("64", "32", "16", "bf16")
+    return tuple(get_args(_PRECISION_INPUT_STR)) + ("64", "32", "16", "bf16", "auto")
 
 
 def _check_limit(value: int | float | None, key: str) -> None:
@@ -142,6 +154,7 @@ def check_trainer_config(cfg: TrainerConfig, name: str = "trainer") -> None:
     if str(cfg.precision) not in _precisions():
         raise RepFusionError(f"{name}.precision must be one of {', '.join(_precisions()[2:8])} "
                              f"(Lightning's names), not '{cfg.precision}'.")
+    check_fast_paths(cfg.channels_last, cfg.compile)
     if isinstance(cfg.devices, int) and cfg.devices == 0 or isinstance(cfg.devices, list) and not cfg.devices:
         raise RepFusionError(f"{name}.devices must name at least one device (a count, a list of ids, or auto).")
     if cfg.num_nodes < 1:
@@ -169,21 +182,61 @@ def check_trainer_config(cfg: TrainerConfig, name: str = "trainer") -> None:
 class NonFiniteLossGuard(Callback):
     """Stop at the first NaN/inf loss or weight, naming the step, before a checkpoint could store it.
 
-    Lightning runs checkpoint callbacks after all others, so the check precedes any save of this step.
+    Per step one device-side flag, isfinite(loss), and no host sync: the flags are read on the host every
+    `every` steps (every step on a CPU, where a read costs nothing), before every checkpoint is written
+    (this callback's `on_save_checkpoint` runs before the file is), and at every epoch and training end; the
+    message names the step where the loss first became non-finite. The weights are checked at those reads
+    too (the largest |weight|, one multi-tensor `_foreach_norm` with ord=inf, all but the loss flags' sync
+    at every `every` steps): weights that turn non-finite make the next loss non-finite anyway, and no
+    checkpoint is written without the check.
     """
+
+    def __init__(self, every: int = 1) -> None:
+        self.every = max(1, every)
+        self.params: list[torch.Tensor] = []
+        self.pending: list[tuple[int, int, torch.Tensor]] = []  # step, epoch, loss (detached)
+        self.last: tuple[int, int] | None = None  # the latest step seen, for a weights failure
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.params = [p.detach() for p in pl_module.parameters() if p.requires_grad]
+        self.pending = []
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        bad = None
-        if loss is not None and not torch.isfinite(loss.detach()).all():
-            bad = f"The training loss became {loss.item()}"
-        else:
-            params = [p.detach() for p in pl_module.parameters() if p.requires_grad]
-            if params and not torch.stack([p.abs().max() for p in params]).isfinite().all():
-                bad = "The weights became non-finite"
-        if bad:
-            raise RepFusionError(nonfinite_message(trainer, bad))
+        self.last = (trainer.global_step, trainer.current_epoch)
+        if isinstance(loss, torch.Tensor):
+            self.pending.append((*self.last, loss.detach()))
+        if len(self.pending) >= self.every or trainer.global_step % self.every == 0:
+            self.check(trainer)
+        elif self.pending and self.pending[-1][2].device.type == "cpu":
+            self.check(trainer, weights=False)
+
+    def check(self, trainer: pl.Trainer, weights: bool = True) -> None:
+        """Read the pending loss flags (one host sync, with the weights check) and raise at the first failure."""
+        pending, self.pending = self.pending, []
+        flags = [bool(f) for f in torch.stack([torch.isfinite(loss).all() for *_, loss in pending]).cpu()] \
+            if pending else []
+        if flags and not all(flags):
+            step, epoch, loss = pending[flags.index(False)]
+            raise RepFusionError(nonfinite_message(trainer, f"The training loss became {loss.item()}", step=step,
+                                                   epoch=epoch))
+        if weights and self.params:
+            largest = torch.stack(torch._foreach_norm(self.params, ord=float("inf"))).max()
+            if not torch.isfinite(largest):
+                step, epoch = self.last or (trainer.global_step, trainer.current_epoch)
+                raise RepFusionError(nonfinite_message(trainer, "The weights became non-finite", step=step,
+                                                       epoch=epoch))
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)
 
 
 class AverageNormStats(Callback):
@@ -220,13 +273,6 @@ class RankSeed(Callback):
             pl.seed_everything(self.seed + 1000 * trainer.global_rank, workers=True, verbose=False)
 
 
-class ChannelsLast(Callback):
-    """Put conv weights in channels-last memory format, which speeds up bf16 convolutions on GPUs."""
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.to(memory_format=torch.channels_last)
-
-
 # Lightning's advice that does not apply to this design (frozen eval-mode teacher, on-device augmentation).
 QUIET_WARNINGS = (
     ".*does not have many workers.*",
@@ -248,7 +294,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
     ckpt_dir = run_dir / "checkpoints"
     cbs: list[Callback] = [
         EpochCheckpoint(ckpt_dir, cfg.checkpoint_every_n_steps),
-        NonFiniteLossGuard(),
+        NonFiniteLossGuard(every=cfg.log_every_n_steps),
         RankSeed(cfg.seed),
         RunState(),
     ]
@@ -258,8 +304,9 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
     if cfg.ema_decay is not None:
         cbs.append(EMA(cfg.ema_decay))
     cbs.append(AverageNormStats())  # after the EMA callback, so it sees the swapped-in weights
-    if cfg.channels_last:
-        cbs.append(ChannelsLast())
+    fast = resolve_fast_paths(cfg)
+    if fast.channels_last or fast.compile:
+        cbs.append(ApplyFastPaths(fast))
     if cfg.progress:
         cbs.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
     cbs += callbacks or []
@@ -273,7 +320,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        precision=cfg.precision,
+        precision=fast.precision,
         deterministic=cfg.deterministic,
         sync_batchnorm=cfg.sync_batchnorm and "ddp" in str(cfg.strategy) and torch.cuda.is_available()
         and cfg.accelerator != "cpu",

@@ -45,8 +45,8 @@ def pooled_features(teacher: DiffusionTeacher, dataset: Dataset, t: int, mode: s
     for images, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         x = images.float() / 127.5 - 1
         steps = torch.full((len(x),), t, dtype=torch.long)
-        noise = torch.randn(x.shape, generator=generator)
-        out = teacher(x, steps, tuple(layers), mode, noise=noise)
+        # the noise lives where the denoiser works (latents for latent and DiT teachers), drawn from `generator`
+        out = teacher(x, steps, tuple(layers), mode, labels=torch.as_tensor(y), generator=generator)
         for layer in layers:
             feats[layer].append(pooled(out[layer]).numpy())
         labels.append(np.asarray(y))

@@ -1,13 +1,20 @@
-"""Dataset readers, the embedded digits data, and on-device augmentation."""
+"""Dataset readers (classification and dense: CelebAMask-HQ, WFLW), embedded data (digits, generated faces),
+and on-device augmentation (images alone, or with masks and keypoints)."""
 
 from .augment import BatchAugment, Normalize
+from .celebamask import celebamask
 from .cifar import cifar
 from .datamodule import DataConfig, ImageDataModule, build_split
 from .datasets import TensorImageDataset, image_folder
 from .digits import digits
+from .face_layout import PARSING_CLASSES, PARSING_FLIP_SWAPS, WFLW_ATTRIBUTES, WFLW_EYE_CORNERS, WFLW_FLIP_PAIRS
+from .faces import faces
+from .joint_augment import JointAugment
 from .tiny_imagenet import tiny_imagenet
+from .wflw import wflw
 
 __all__ = [
-    "BatchAugment", "DataConfig", "ImageDataModule", "Normalize", "TensorImageDataset",
-    "build_split", "cifar", "digits", "image_folder", "tiny_imagenet",
+    "PARSING_CLASSES", "PARSING_FLIP_SWAPS", "WFLW_ATTRIBUTES", "WFLW_EYE_CORNERS", "WFLW_FLIP_PAIRS",
+    "BatchAugment", "DataConfig", "ImageDataModule", "JointAugment", "Normalize", "TensorImageDataset",
+    "build_split", "celebamask", "cifar", "digits", "faces", "image_folder", "tiny_imagenet", "wflw",
 ]

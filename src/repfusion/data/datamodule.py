@@ -10,13 +10,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import RepFusionError, unknown_name_error
+from .celebamask import celebamask
 from .cifar import cifar
-from .datasets import image_folder
+from .datasets import base_dataset, image_folder
+from .device_data import DeviceBatches, device_batches
 from .digits import digits
-from .labels import check_label_budget, dataset_labels, stratified_subset
+from .faces import faces
+from .labels import check_label_budget, labelled_subset
 from .tiny_imagenet import tiny_imagenet
+from .wflw import wflw
 
-SOURCES = ("digits", "cifar", "folder", "tiny-imagenet")
+SOURCES = ("digits", "cifar", "folder", "tiny-imagenet", "faces", "celebamask", "wflw")
+DENSE_SOURCES = ("faces", "celebamask", "wflw")  # items are (image, {"mask" / "keypoints" / "attributes"})
 
 
 @dataclass
@@ -25,13 +30,18 @@ class DataConfig:
 
     source: digits (bundled with scikit-learn), cifar (original python pickles, CIFAR-10 or -100),
     folder (root/train/<class>/*, root/val/<class>/*, or root/<class>/* split by val_fraction),
-    tiny-imagenet. val_fraction > 0 holds that share of the training images out for validation and
-    model choices; 0 validates on the test split (the paper's CIFAR protocol).
+    tiny-imagenet; and for the dense tasks: faces (generated face-like images with part masks and 98
+    landmarks, faces_train / faces_test of them from faces_seed, image_size 64 unless set), celebamask
+    (the CelebAMask-HQ release; official train / test split; image_size 448 unless set) and wflw (the WFLW
+    release; each face cropped to a square of wflw_margin x its box, image_size 256 unless set).
+    val_fraction > 0 holds that share of the training images out for validation and model choices; 0
+    validates on the test split (the paper's CIFAR protocol).
 
     label_fraction (in (0, 1]) or labels_per_class: the label-scarce regime. Fine-tuning trains on a
     class-stratified subset of the training split left after the validation holdout, drawn with
     split_seed (each class keeps round(fraction x its count), at least one image; a smaller budget is a
-    subset of a larger one). Only fine-tuning applies it (`ImageDataModule(..., labelled_only=True)`):
+    subset of a larger one; dense sources keep a seeded random round(fraction x n), nested the same way,
+    and refuse labels_per_class). Only fine-tuning applies it (`ImageDataModule(..., labelled_only=True)`):
     the teacher and the distillation always read every training image, so one data section can be
     shared by every stage of an experiment; validation and test are never cut.
     """
@@ -50,9 +60,25 @@ class DataConfig:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     label_fraction: float = 1.0
     labels_per_class: int | None = None
+    faces_train: int = 2000
+    faces_test: int = 500
+    faces_seed: int = 0
+    wflw_margin: float = 1.25
 
     def __post_init__(self) -> None:
         check_label_budget(self.label_fraction, self.labels_per_class)
+        for name in ("faces_train", "faces_test"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RepFusionError(f"data.{name} must be a positive whole number of generated faces, not {value}.")
+        if isinstance(self.faces_seed, bool) or not isinstance(self.faces_seed, int) or self.faces_seed < 0:
+            raise RepFusionError(f"data.faces_seed must be a whole number >= 0, not {self.faces_seed}.")
+        if isinstance(self.wflw_margin, bool) or not 1.0 <= float(self.wflw_margin) <= 4.0:
+            raise RepFusionError(f"data.wflw_margin must lie in [1, 4] (the crop side over the face box side; HRNet "
+                                 f"uses 1.25), not {self.wflw_margin}.")
+        if self.source in DENSE_SOURCES and self.labels_per_class is not None:
+            raise RepFusionError(f"data.labels_per_class needs image classes, which source '{self.source}' does not "
+                                 "have; use data.label_fraction for dense tasks.")
 
 
 def build_split(config: DataConfig, train: bool) -> Dataset:
@@ -61,12 +87,19 @@ def build_split(config: DataConfig, train: bool) -> Dataset:
         raise unknown_name_error("data source", config.source, SOURCES)
     if config.source == "digits":
         return digits(train, image_size=config.image_size or 16)
+    if config.source == "faces":
+        return faces(train, config.faces_train if train else config.faces_test, config.image_size or 64,
+                     config.faces_seed)
     if config.root is None:
         raise RepFusionError(f"data.root is required for source '{config.source}'; set it to the dataset folder.")
     if config.source == "cifar":
         return cifar(config.root, train)
     if config.source == "tiny-imagenet":
         return tiny_imagenet(config.root, train, config.image_size or 64)
+    if config.source == "celebamask":
+        return celebamask(config.root, "train" if train else "test", config.image_size or 448)
+    if config.source == "wflw":
+        return wflw(config.root, train, config.image_size or 256, config.wflw_margin)
     root = Path(config.root)
     split_dir = root / ("train" if train else "val")
     if not train and not split_dir.exists() and (root / "test").exists():
@@ -93,6 +126,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # see device_data.device_batches
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -115,8 +149,7 @@ class ImageDataModule(pl.LightningDataModule):
         else:
             self.train_set, self.val_set = full_train, self.test_set
         if self.labelled_only and (cfg.label_fraction < 1.0 or cfg.labels_per_class is not None):
-            keep = stratified_subset(dataset_labels(self.train_set), cfg.label_fraction, cfg.labels_per_class,
-                                     cfg.split_seed)
+            keep = labelled_subset(self.train_set, cfg.label_fraction, cfg.labels_per_class, cfg.split_seed)
             self.train_set = Subset(self.train_set, keep)
         if cfg.train_limit is not None:
             self.train_set = Subset(self.train_set, list(range(min(cfg.train_limit, len(self.train_set)))))
@@ -124,16 +157,15 @@ class ImageDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         self.setup()
-        base = self.test_set
-        while isinstance(base, Subset):
-            base = base.dataset
-        return len(base.classes)  # type: ignore[union-attr]
+        return len(base_dataset(self.test_set).classes)  # type: ignore[union-attr]
 
     def sample_shape(self) -> tuple[int, int, int]:
         self.setup()
         return tuple(self.train_set[0][0].shape)  # type: ignore[index]
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader | DeviceBatches:
+        """Tensor datasets in a single-process run: batches gathered on the training device (device_data);
+        everything else: a DataLoader (pinned memory when training on a GPU)."""
         sampler = None
         trainer = getattr(self, "trainer", None)
         if shuffle and (trainer is None or trainer.world_size == 1):
@@ -142,14 +174,22 @@ class ImageDataModule(pl.LightningDataModule):
 
             sampler = EpochSampler(len(dataset), self.config.batch_size, torch.initial_seed(),  # type: ignore[arg-type]
                                    lambda: getattr(self, "trainer", None))
+        drop_last = shuffle and len(dataset) > self.config.batch_size  # type: ignore[arg-type]
+        device = trainer.strategy.root_device if trainer is not None else None
+        if device is not None and trainer.world_size == 1:
+            batches = device_batches(dataset, device, self.config.batch_size, drop_last,  # type: ignore[arg-type]
+                                     sampler, self._on_device)
+            if batches is not None:
+                return batches
         return DataLoader(
             dataset,  # type: ignore[arg-type]
             batch_size=self.config.batch_size,
             shuffle=shuffle if sampler is None else False,
             sampler=sampler,
             num_workers=self.config.num_workers,
-            drop_last=shuffle and len(dataset) > self.config.batch_size,  # type: ignore[arg-type]
+            drop_last=drop_last,
             persistent_workers=self.config.num_workers > 0,
+            pin_memory=device is not None and device.type == "cuda",
             generator=torch.Generator().manual_seed(torch.initial_seed()),  # never draws from the global stream
         )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..errors import RepFusionError
 
@@ -29,6 +29,13 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
+
+
+def base_dataset(dataset: Dataset) -> Dataset:
+    """The dataset under any chain of Subsets (splits, label budgets, limits): where `classes` and `targets` live."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
 
 
 def read_image(path: Path, image_size: int | None) -> torch.Tensor:

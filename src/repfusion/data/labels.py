@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import RepFusionError
+from .datasets import base_dataset
 
 
 def check_label_budget(label_fraction: float, labels_per_class: int | None) -> None:
@@ -55,3 +56,31 @@ def stratified_subset(labels: np.ndarray, label_fraction: float = 1.0, labels_pe
             max(1, round(len(members) * label_fraction))
         chosen += order[:k].tolist()
     return sorted(chosen)
+
+
+def random_subset(n: int, label_fraction: float, seed: int = 0) -> list[int]:
+    """Indices of a seeded random subset of round(fraction x n) items (at least one), sorted: the budget for
+    dense targets (masks, landmarks), which have no class to stratify by.
+
+    One permutation per seed, cut at k, so a smaller fraction is a subset of a larger one.
+    """
+    check_label_budget(label_fraction, None)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[: max(1, round(n * label_fraction))].tolist())
+
+
+def is_dense(dataset: Dataset) -> bool:
+    """Whether items carry a target dict (masks, keypoints) rather than an int label (Subset chains too)."""
+    dataset = base_dataset(dataset)
+    return bool(getattr(dataset, "targets", None)) and isinstance(dataset.targets, tuple)  # type: ignore[attr-defined]
+
+
+def labelled_subset(dataset: Dataset, label_fraction: float = 1.0, labels_per_class: int | None = None,
+                    seed: int = 0) -> list[int]:
+    """The fine-tuning budget: class-stratified for labelled images, a seeded random subset for dense targets."""
+    if is_dense(dataset):
+        if labels_per_class is not None:
+            raise RepFusionError("data.labels_per_class needs image classes, which masks and landmarks do not have; "
+                                 "use data.label_fraction for dense tasks.")
+        return random_subset(len(dataset), label_fraction, seed)  # type: ignore[arg-type]
+    return stratified_subset(dataset_labels(dataset), label_fraction, labels_per_class, seed)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..data.augment import Normalize
-from ..features import layer_output
+from ..features import FeatureTap
 from ..teachers import DiffusionTeacher
 from ..training import OptimConfig
 from ..stage import Stage
@@ -46,8 +46,9 @@ class Distillation(Stage):
         # DDP's documented opt-out: the frozen teacher is neither broadcast nor bucketed for all-reduce.
         self._ddp_params_and_buffers_to_ignore = [f"teacher.{n}" for n, _ in teacher.named_parameters()] + [
             f"teacher.{n}" for n, _ in teacher.named_buffers()]
-        self.t_counts = torch.zeros(HISTOGRAM_BINS)
+        self.t_counts = torch.zeros(HISTOGRAM_BINS)  # this epoch's draws, kept on the training device
         self.t_history: list[list[float]] = []
+        self._student_tap: FeatureTap | None = None  # hooks registered once, on the first student call
 
     def trainable_parameters(self):
         """One optimiser over student, adapter, head and policy (the paper); the policy's group may be scaled."""
@@ -59,15 +60,28 @@ class Distillation(Stage):
             groups.append({"params": policy, "lr": self.optim.lr * scale})
         return groups
 
-    def student_features(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_output(self.student, self.student_layer, x)
+    def compile_targets(self) -> list[nn.Module]:
+        """What `trainer.compile` compiles in place: the student. Not the teacher: its truncation (a forward hook
+        that stops the UNet by raising) loses the tapped feature under inductor (measured on a CPU)."""
+        return [self.student]
 
-    def teacher_features(self, images01: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The distillation target f_T(x, t): the hooked teacher layer, standardised per t-bin if configured."""
+    def student_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's hooked layer; the tap is resolved and hooked once, not per call."""
+        if self._student_tap is None:
+            self._student_tap = FeatureTap(self.student, [self.student_layer]).__enter__()
+        self.student(x)
+        return self._student_tap.pop()[self.student_layer]
+
+    def teacher_features(self, images01: torch.Tensor, t: torch.Tensor,
+                         labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The distillation target f_T(x, t): the hooked teacher layer, standardised per t-bin if configured.
+
+        `labels` reach class-conditional teachers that read the dataset's labels (ADM, DiT); others ignore them.
+        """
         self.teacher.eval()  # Lightning restores saved per-module modes directly, bypassing train()
         pixels = images01 * 2 - 1
-        feature = self.teacher(pixels, t, (self.teacher_layer,), self.noise_mode, truncate=self.truncate_teacher)[
-            self.teacher_layer]
+        feature = self.teacher(pixels, t, (self.teacher_layer,), self.noise_mode, truncate=self.truncate_teacher,
+                               labels=labels)[self.teacher_layer]
         return feature if self.target_norm is None else self.target_norm(feature, t)
 
     def epoch_progress(self, batch_idx: int) -> float:
@@ -84,7 +98,7 @@ class Distillation(Stage):
             draw = self.timesteps.sample(student_input, epoch)
         except NonFiniteError as e:
             raise RepFusionError(nonfinite_message(self.trainer, str(e))) from None
-        teacher_feature = self.teacher_features(images, draw.t)
+        teacher_feature = self.teacher_features(images, draw.t, labels)
         student_feature = self.student_features(student_input)
         # 3. distil, 4. train the task head, 5. REINFORCE with r = -head loss
         distill = self.distill_loss(student_feature, teacher_feature)
@@ -93,7 +107,9 @@ class Distillation(Stage):
         policy, policy_logs = self.timesteps.policy_loss(draw, -head.per_image_loss.detach(), epoch)
         loss = self.kd_weight * distill + head_loss + policy
 
-        self.t_counts += torch.histc(draw.t.float().cpu(), HISTOGRAM_BINS, 0, self.teacher.num_timesteps)
+        if self.t_counts.device != draw.t.device:
+            self.t_counts = self.t_counts.to(draw.t.device)
+        self.t_counts += torch.histc(draw.t.float(), HISTOGRAM_BINS, 0, self.teacher.num_timesteps)  # no host copy
         logs = {"train/loss": loss, "train/distill": distill, "train/head_loss": head_loss, "train/policy": policy,
                 "train/t_mean": draw.t.float().mean()}
         logs |= {f"train/distill_{k}": v for k, v in self.distill_loss.terms.items()}
@@ -108,7 +124,7 @@ class Distillation(Stage):
         images, labels = batch
         student_input = self.normalize(images)
         t = self.timesteps.greedy(student_input, float(self.current_epoch))
-        teacher_feature = self.teacher_features(images, t)
+        teacher_feature = self.teacher_features(images, t, labels)
         student_feature = self.student_features(student_input)
         head = self.reward_head(teacher_feature, student_feature, labels)
         logs = {"val/distill": self.distill_loss(student_feature, teacher_feature), "val/t_mean": t.float().mean()}
@@ -125,7 +141,7 @@ class Distillation(Stage):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["t_history"] = self.t_history
-        checkpoint["t_counts"] = self.t_counts.clone()  # a mid-epoch checkpoint keeps the epoch's draws so far
+        checkpoint["t_counts"] = self.t_counts.cpu().clone()  # a mid-epoch checkpoint keeps the epoch's draws so far
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.t_history = [list(map(float, row)) for row in checkpoint.get("t_history", [])]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -13,6 +12,7 @@ import torch
 from ..analysis.plots import plot_curves, plot_timestep_history
 from ..config import JSONValue
 from ..data import DataConfig, ImageDataModule, Normalize
+from ..data.datasets import base_dataset
 from ..errors import RepFusionError
 from ..features import layer_output, resolve_modules
 from ..io import replace_dir, staging_dir, write_json
@@ -28,12 +28,22 @@ from .timesteps import TimestepConfig, build_strategy
 
 @dataclass
 class TeacherSection:
-    """source: preset name, save_pretrained folder or hub id (google/ddpm-cifar10-32)."""
+    """source: preset name, save_pretrained folder, hub id (google/ddpm-cifar10-32), diffusers pipeline folder
+    (latent diffusion, DiT) or guided-diffusion .pt file; see `repfusion.teachers.kinds`.
+
+    class_label: class input of class-conditional teachers (ADM ImageNet, DiT): auto | dataset | null | an
+    index; class_map: the teacher class of each dataset label (for dataset); adm_flags: an ADM preset or the
+    checkpoint's model flags; uncond_embedding: empty-prompt embedding file of a latent teacher.
+    """
 
     source: str = "tiny-16"
     layer: str = DEFAULT_TEACHER_LAYER
     noise_mode: str = "clean"
     allow_other_size: bool = False
+    class_label: int | str = "auto"
+    class_map: list[int] | None = None
+    adm_flags: str | dict[str, JSONValue] = "imagenet-64"
+    uncond_embedding: str | None = None
 
 
 @dataclass
@@ -76,7 +86,9 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
     """Every part built and checked against the data's shape before any training step."""
     if cfg.teacher.noise_mode not in ("clean", "noised"):
         raise RepFusionError(f"teacher.noise_mode must be 'clean' or 'noised', not '{cfg.teacher.noise_mode}'.")
-    teacher = DiffusionTeacher.from_source(cfg.teacher.source)
+    teacher = DiffusionTeacher.from_source(cfg.teacher.source, class_label=cfg.teacher.class_label,
+                                           class_map=cfg.teacher.class_map, adm_flags=cfg.teacher.adm_flags,
+                                           uncond_embedding=cfg.teacher.uncond_embedding)
     channels, height, width = datamodule.sample_shape()
     teacher.check_input((1, channels, height, width), require_native_size=not cfg.teacher.allow_other_size)
     resolve_modules(teacher.unet, [cfg.teacher.layer], kind="teacher layer")
@@ -95,6 +107,11 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
     if cfg.reward == "none" and cfg.timesteps.strategy == "reinforced":
         raise RepFusionError("The reinforced policy needs a reward: set reward to label or infonce, or use a "
                              "fixed/uniform timestep strategy.")
+    carried = getattr(base_dataset(datamodule.train_set), "targets", ())
+    if cfg.reward == "label" and carried:
+        raise RepFusionError(f"reward 'label' needs class labels but data source '{cfg.data.source}' carries "
+                             f"{' and '.join(carried)}; set reward to infonce or none (with a fixed or uniform "
+                             "timestep strategy).")
     reward = build_reward(cfg.reward, teacher_shape[0], student_shape[0], datamodule.num_classes)
     dense = cfg.loss.name == "at" or cfg.loss.options.get("mode") == "dense"
     target_norm = build_target_norm(cfg.loss.target_norm, teacher_shape[0], teacher.num_timesteps,

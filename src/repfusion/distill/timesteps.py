@@ -156,14 +156,16 @@ class ReinforcedTimestep(TimestepStrategy):
         self.register_buffer("reward_seen", torch.zeros((), dtype=torch.bool))
 
     def distribution(self, images: torch.Tensor) -> torch.distributions.Categorical:
+        """pi(. | x) without a host sync: non-finite logits give NaN log-probabilities, hence a NaN loss,
+        which the trainer's NaN guard reports with its step (validating them here would sync every step)."""
         logits = self.policy(images).float()
-        if not torch.isfinite(logits).all():
-            raise NonFiniteError("The timestep policy's logits became non-finite")
-        return torch.distributions.Categorical(logits=logits)
+        return torch.distributions.Categorical(logits=logits, validate_args=False)
 
     def sample(self, images: torch.Tensor, epoch: float) -> TimestepDraw:
         dist = self.distribution(images)
-        b = dist.sample()
+        probs = dist.probs
+        usable = torch.isfinite(probs).all(-1, keepdim=True)  # sample from uniform where pi is NaN; no sync
+        b = torch.multinomial(torch.where(usable, probs, torch.ones_like(probs)), 1, True).squeeze(-1)
         t = b * self.bin_width + torch.randint_like(b, self.bin_width) if self.bin_width > 1 else b
         return TimestepDraw(t, dist.log_prob(b), dist.entropy(), dist.probs.detach())
 

@@ -9,6 +9,7 @@ from diffusers import ModelMixin
 
 from ..errors import RepFusionError
 from ..registry import Registry
+from .hrnet import HRNET_ARCHS, HRNet
 from .mobilenetv2 import MOBILENET_ARCHS, MobileNetV2
 from .resnet import RESNET_ARCHS, ResNet
 
@@ -17,7 +18,9 @@ for _name in RESNET_ARCHS:
     STUDENTS.register(ResNet, name=_name)
 for _name in MOBILENET_ARCHS:
     STUDENTS.register(MobileNetV2, name=_name)
-STUDENT_CLASSES = {"ResNet": ResNet, "MobileNetV2": MobileNetV2}
+for _name in HRNET_ARCHS:
+    STUDENTS.register(HRNet, name=_name)
+STUDENT_CLASSES = {"ResNet": ResNet, "MobileNetV2": MobileNetV2, "HRNet": HRNet}
 
 
 def build_student(name: str, width: float = 1.0, num_classes: int = 0, in_channels: int = 3) -> ModelMixin:
@@ -52,4 +55,4 @@ def load_student(folder: str | Path) -> ModelMixin:
     return STUDENT_CLASSES[config["_class_name"]].from_pretrained(str(folder), use_safetensors=True)
 
 
-__all__ = ["STUDENTS", "MobileNetV2", "ResNet", "build_student", "find_export", "load_student", "read_student_config"]
+__all__ = ["STUDENTS", "HRNet", "MobileNetV2", "ResNet", "build_student", "find_export", "load_student", "read_student_config"]

@@ -119,6 +119,15 @@ class ResNet(ModelMixin, ConfigMixin):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs of layer1..layer4 (strides 4, 8, 16, 32 with the ImageNet stem), for dense heads."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        stages = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            stages.append(x)
+        return tuple(stages)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))

@@ -9,15 +9,16 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.utils.data import Subset
 
 from ..analysis.plots import plot_curves
 from ..data import DataConfig, ImageDataModule
+from ..data.datasets import base_dataset
 from ..errors import RepFusionError
 from ..io import replace_dir, staging_dir, write_json
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
-from .backbone import backbone_weights, load_backbone, resolve_architecture, student_folder  # noqa: F401 (API)
+from .landmarks import LandmarkSection
 from .registry import TASKS, TaskSpec
+from .segmentation import SegmentationSection
 
 
 @dataclass
@@ -46,12 +47,8 @@ class FinetuneRun:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(nesterov=True))
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     label_smoothing: float = 0.0
-
-
-def base_dataset(dataset: object) -> object:
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return dataset
+    segmentation: SegmentationSection = field(default_factory=SegmentationSection)
+    landmarks: LandmarkSection = field(default_factory=LandmarkSection)
 
 
 def check_targets(spec: TaskSpec, datamodule: ImageDataModule) -> None:

@@ -22,6 +22,10 @@ class DDPMTraining(Stage):
         self.unet = unet
         self.scheduler = scheduler
 
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """What `trainer.compile` compiles in place."""
+        return [self.unet]
+
     def diffusion_loss(self, images01: torch.Tensor) -> torch.Tensor:
         x0 = images01 * 2 - 1
         noise = torch.randn_like(x0)

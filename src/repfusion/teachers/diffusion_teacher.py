@@ -1,4 +1,4 @@
-"""A frozen diffusion UNet read as a feature extractor at a per-image timestep."""
+"""A frozen diffusion denoiser read as a feature extractor at a per-image timestep."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
 from ..errors import RepFusionError
-from ..features import CallPlan, FeatureTap, StopForward, plan_calls
-from .loading import load_unet_and_scheduler
+from ..features import CallPlan, FeatureTap, StopForward, output_shapes, plan_calls
 
 DEFAULT_TEACHER_LAYER = "mid_block.resnets.1.conv2"
 NoiseMode = Literal["clean", "noised"]
@@ -23,23 +22,39 @@ class DiffusionTeacher(nn.Module):
     Pixels are expected in [-1, 1] (the range DDPMs are trained on). In `clean` mode the image is fed
     as is with the embedding of t, as the reference implementation does; in `noised` mode it is first
     noised with the teacher's own scheduler (`add_noise`). The forward pass stops right after the
-    deepest requested layer. The UNet's weights stay out of `state_dict()` so training checkpoints
-    do not carry a copy of the teacher; loading refills them from the live module.
+    deepest requested layer. The frozen networks' weights stay out of `state_dict()` so training
+    checkpoints do not carry a copy of the teacher; loading refills them from the live modules.
+
+    `unet` is the denoiser whose layers are read (a `UNet2DModel` here, converted ADM checkpoints
+    included; the latent and DiT teachers subclass this with their own denoiser and VAE). A
+    class-conditional denoiser gets `class_label`: `"dataset"` (the batch's labels, mapped through
+    `class_map` when given), `"null"` (the unconditional class, where the model has one), an integer
+    class for every image, or `"auto"` (null where there is one, else class 0 for every image). The
+    dataset's labels put the label itself into the features (a linear probe reads it off at every t, and
+    the policy's reward head with it), so a fixed class is the default where no null class exists.
     """
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, source: str = "") -> None:
+    frozen = ("unet",)  # submodules kept out of state_dict()
+
+    def __init__(self, unet: nn.Module, scheduler: DDPMScheduler, source: str = "",
+                 class_label: int | str = "auto", class_map: Sequence[int] | None = None) -> None:
         super().__init__()
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
         self.source = source
+        self.kind = "unet"
+        self.class_label = parse_class_label(class_label, self.num_classes, self.null_class)
+        self.class_map = None if class_map is None else torch.as_tensor(list(class_map), dtype=torch.long)
         self._plans: dict[tuple, CallPlan] = {}
-        self._register_state_dict_hook(_drop_unet_keys)
-        self._register_load_state_dict_pre_hook(self._refill_unet_keys)
+        self._register_state_dict_hook(_drop_frozen_keys)
+        self._register_load_state_dict_pre_hook(self._refill_frozen_keys)
 
     @classmethod
-    def from_source(cls, source: str, image_size: int | None = None) -> DiffusionTeacher:
-        unet, scheduler = load_unet_and_scheduler(source, image_size)
-        return cls(unet, scheduler, source)
+    def from_source(cls, source: str, image_size: int | None = None, **options) -> DiffusionTeacher:
+        """Any teacher kind (preset, folder, pipeline folder, hub id, ADM file); see `repfusion.teachers.kinds`."""
+        from .kinds import load_teacher
+
+        return load_teacher(source, image_size, **options)
 
     @property
     def num_timesteps(self) -> int:
@@ -53,6 +68,22 @@ class DiffusionTeacher(nn.Module):
     def sample_size(self) -> int:
         return unet_sample_size(self.unet)
 
+    @property
+    def default_layer(self) -> str:
+        """The layer read when none is named: the middle block's last convolution."""
+        return DEFAULT_TEACHER_LAYER
+
+    @property
+    def num_classes(self) -> int | None:
+        """Classes the denoiser is conditioned on (None: unconditional)."""
+        n = getattr(self.unet.config, "num_class_embeds", None)
+        return int(n) if n else None
+
+    @property
+    def null_class(self) -> int | None:
+        """The label that means 'no class' (DiT's extra embedding); None where the model has none (ADM)."""
+        return None
+
     def train(self, mode: bool = True) -> DiffusionTeacher:
         """Always eval: Lightning flips modules back to train mode after validation."""
         return super().train(False)
@@ -61,6 +92,10 @@ class DiffusionTeacher(nn.Module):
         """Raise a one-sentence error when images cannot go through this UNet."""
         check_unet_input(self.unet, shape, require_native_size)
 
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What the denoiser takes: the pixels themselves here, VAE latents for latent teachers."""
+        return pixels
+
     def noised(self, pixels: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps, with the teacher's own schedule."""
@@ -68,10 +103,36 @@ class DiffusionTeacher(nn.Module):
             noise = torch.randn(pixels.shape, generator=generator, device=pixels.device, dtype=pixels.dtype)
         return self.scheduler.add_noise(pixels, noise, timesteps)
 
-    def _plan(self, layers: tuple[str, ...], x: torch.Tensor, t: torch.Tensor) -> CallPlan:
+    def class_labels(self, batch: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """The class input of a conditional denoiser for this batch (None for an unconditional one)."""
+        if self.num_classes is None:
+            return None
+        if self.class_label == "dataset":
+            if labels is None:
+                raise RepFusionError(f"This class-conditional teacher reads the dataset's labels but none were "
+                                     "given; pass labels, or set teacher.class_label to a class index or 'null'.")
+            labels = labels.to(device).long()
+            if self.class_map is not None:
+                labels = self.class_map.to(device)[labels]
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise RepFusionError(f"Label {int(labels.max())} is outside the teacher's {self.num_classes} "
+                                     "classes; give teacher.class_map or a fixed teacher.class_label.")
+            return labels
+        return torch.full((batch,), int(self.class_label), dtype=torch.long, device=device)
+
+    def denoise(self, x: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor | None) -> object:
+        """One call of the denoiser on its own input (pixels or latents)."""
+        return self.unet(x, timesteps, class_labels=labels)
+
+    def as_map(self, feature: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Features as (B, C, H, W) maps (DiT reshapes its tokens); UNet features already are."""
+        return feature
+
+    def _plan(self, layers: tuple[str, ...], x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> CallPlan:
         key = (layers, tuple(x.shape[1:]))
         if key not in self._plans:
-            self._plans[key] = plan_calls(self.unet, layers, lambda: self.unet(x[:1], t[:1]))
+            self._plans[key] = plan_calls(self.unet, layers,
+                                          lambda: self.denoise(x[:1], t[:1], None if y is None else y[:1]))
         return self._plans[key]
 
     @torch.no_grad()
@@ -83,43 +144,91 @@ class DiffusionTeacher(nn.Module):
         noise_mode: NoiseMode = "clean",
         noise: torch.Tensor | None = None,
         truncate: bool = True,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Features of `pixels` (B, C, H, W in [-1, 1]) at `timesteps` (B,), one tensor per layer name.
 
         Args:
             layers (`Sequence[str]`): dotted module paths, see `repfusion layers`.
             noise_mode (`str`, *optional*, defaults to `"clean"`): `"clean"` or `"noised"`.
-            noise (`torch.Tensor`, *optional*): the eps of the noised mode; drawn when absent.
+            noise (`torch.Tensor`, *optional*): the eps of the noised mode, shaped like the denoiser's input
+                (the latents for a latent teacher); drawn (with `generator`) when absent.
             truncate (`bool`, *optional*, defaults to `True`): stop after the deepest requested layer.
+            labels (`torch.Tensor`, *optional*): the images' dataset labels (B,), for class-conditional
+                teachers reading the dataset's labels.
         """
         layers = tuple(layers)  # unknown names raise in plan_calls / FeatureTap, naming the closest ones
         if noise_mode not in ("clean", "noised"):
             raise RepFusionError(f"noise_mode must be 'clean' or 'noised', not '{noise_mode}'.")
         self.check_input(pixels.shape)
         timesteps = timesteps.to(pixels.device).long()
-        x = pixels if noise_mode == "clean" else self.noised(pixels, timesteps, noise)
-        plan = self._plan(layers, x, timesteps) if truncate else None
+        y = self.class_labels(len(pixels), labels, pixels.device)
+        x = self.encode(pixels)
+        x = x if noise_mode == "clean" else self.noised(x, timesteps, noise, generator)
+        plan = self._plan(layers, x, timesteps, y) if truncate and layers else None
         with FeatureTap(self.unet, layers, plan) as tap:
             try:
-                self.unet(x, timesteps)
+                self.denoise(x, timesteps, y)
             except StopForward:
                 pass
-            return tap.pop()
+            return {name: self.as_map(f, x) for name, f in tap.pop().items()}
 
     def feature_shape(self, layer: str, image_size: int | None = None) -> tuple[int, ...]:
         """(C, H, W) of one layer's output for an input of the given size."""
         size = image_size or self.sample_size
         device = next(self.unet.parameters()).device
         x = torch.zeros(1, self.in_channels, size, size, device=device)
-        return tuple(self(x, torch.zeros(1, dtype=torch.long, device=device), (layer,))[layer].shape[1:])
+        labels = torch.zeros(1, dtype=torch.long, device=device)
+        return tuple(self(x, torch.zeros(1, dtype=torch.long, device=device), (layer,), labels=labels)[layer].shape[1:])
 
-    def _refill_unet_keys(self, state_dict, prefix, *_args) -> None:
-        for name, tensor in self.unet.state_dict().items():
-            state_dict.setdefault(f"{prefix}unet.{name}", tensor)
+    def layer_rows(self, image_size: int | None = None) -> list[tuple[str, str, tuple[int, ...] | None]]:
+        """(name, type, output shape) of every denoiser module for one image (see `repfusion layers`)."""
+        size = image_size or self.sample_size
+        self.check_input((1, self.in_channels, size, size))
+        x = torch.zeros(1, self.in_channels, size, size)
+        zero = torch.zeros(1, dtype=torch.long)
+        return output_shapes(self.unet, lambda: self(x, zero, (), truncate=False, labels=zero))
+
+    def _refill_frozen_keys(self, state_dict, prefix, *_args) -> None:
+        for name in self.frozen:
+            module = getattr(self, name, None)
+            if module is not None:
+                for key, tensor in module.state_dict().items():
+                    state_dict.setdefault(f"{prefix}{name}.{key}", tensor)
 
 
-def _drop_unet_keys(module: nn.Module, state_dict: dict, prefix: str, _meta: object) -> None:
-    for key in [k for k in state_dict if k.startswith(f"{prefix}unet.")]:
+def parse_class_label(value: int | str, num_classes: int | None, null_class: int | None) -> int | str:
+    """'auto' | 'null' | 'dataset' | an integer (or its string): checked against the model's classes."""
+    text = str(value).strip().lower()
+    if num_classes is None:
+        if text != "auto":
+            raise RepFusionError(f"This teacher is unconditional, so class_label '{value}' has no effect; leave "
+                                 "teacher.class_label at auto.")
+        return "none"
+    if text == "auto":
+        return 0 if null_class is None else null_class
+    if text == "dataset":
+        return "dataset"
+    if text == "null":
+        if null_class is None:
+            raise RepFusionError("This class-conditional teacher has no null (unconditional) class; set "
+                                 "teacher.class_label to 'dataset' or to a class index.")
+        return null_class
+    try:
+        index = int(text)
+    except ValueError:
+        raise RepFusionError(
+            f"teacher.class_label must be auto, dataset, null or a class index, not '{value}'.") from None
+    limit = num_classes if null_class is None else null_class + 1
+    if not 0 <= index < limit:
+        raise RepFusionError(f"Class {index} is outside the teacher's {num_classes} classes; pick 0 to {limit - 1}.")
+    return index
+
+
+def _drop_frozen_keys(module: DiffusionTeacher, state_dict: dict, prefix: str, _meta: object) -> None:
+    starts = tuple(f"{prefix}{name}." for name in module.frozen)
+    for key in [k for k in state_dict if k.startswith(starts)]:
         del state_dict[key]
 
 
@@ -130,20 +239,27 @@ def unet_sample_size(unet: UNet2DModel) -> int:
 
 def check_unet_input(unet: UNet2DModel, shape: Sequence[int], require_native_size: bool = False) -> None:
     """Raise a one-sentence error when images of this (B, C, H, W) shape cannot go through the UNet."""
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    check_image(shape, int(unet.config.in_channels), factor, unet_sample_size(unet), require_native_size)
+
+
+def check_image(shape: Sequence[int], channels: int, factor: int, size: int, require_native_size: bool = False,
+                square: bool = False) -> None:
+    """One-sentence errors for images a teacher cannot take: channels, a size not a multiple of `factor`
+    (its total downsampling), a size other than its native `size` when required, a non-square image."""
     _, c, h, w = shape
-    channels = int(unet.config.in_channels)
     if c != channels:
         raise RepFusionError(
             f"The teacher takes {channels}-channel images but the data have {c} channels; "
             f"convert the data or choose a teacher with in_channels={c}."
         )
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
     if h % factor or w % factor:
         raise RepFusionError(
             f"The teacher downsamples {factor}x, so image height and width must be multiples of {factor}, "
             f"but the data are {h}x{w}; set data.image_size to a multiple of {factor}."
         )
-    size = unet_sample_size(unet)
+    if square and h != w:
+        raise RepFusionError(f"The teacher takes square images but the data are {h}x{w}; set data.image_size.")
     if require_native_size and (h, w) != (size, size):
         raise RepFusionError(
             f"The teacher was trained on {size}x{size} images but the data are {h}x{w}; "

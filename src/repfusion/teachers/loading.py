@@ -55,11 +55,6 @@ def load_unet_and_scheduler(source: str, image_size: int | None = None) -> tuple
     if source in TEACHER_PRESETS:
         return unet_from_preset(source, image_size), default_scheduler()
     path = Path(source).expanduser()
-    if path.suffix in (".pt", ".pth", ".ckpt"):
-        raise RepFusionError(
-            f"{source} looks like a guided-diffusion (ADM) checkpoint, which repfusion cannot load yet; "
-            "use a diffusers UNet2DModel folder or hub id until ADM conversion lands."
-        )
     looks_like_path = path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
     if looks_like_path and not path.is_dir():
         raise RepFusionError(
