@@ -59,9 +59,9 @@ class DenseDemoConfig:
     test_images: int = 256
     labelled: int = 48
     image_size: int = 32
-    teacher_epochs: int = 8
+    teacher_epochs: int = 7
     distill_epochs: int = 6
-    finetune_epochs: int = 40
+    finetune_epochs: int = 70
     arch: str = "resnet18_cifar"
     width: float = 0.25
     teacher_layer: str = "mid_block.resnets.1.conv2"
