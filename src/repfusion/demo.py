@@ -173,19 +173,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     arms: dict[str, list[float]] = {arm: [] for arm in ARMS}
 
     def finetune_all() -> None:
-        for seed in range(cfg.seeds):
-            for arm in ARMS:
-                run_dir = out / f"finetune-{arm}-seed{seed}"
-                run = finetune_config(cfg, distill_dir if arm == "repfusion" else None, seed)
-                run_once(run_dir / "results.json", lambda r: run_finetune(run, run_dir, r), run_dir, cfg)
-                top1 = _read_top1(run_dir)
-                arms[arm].append(top1)
-                print(f"   seed {seed} {arm:>9}: test top-1 {100 * top1:.2f} %", flush=True)
+        arms.update(finetune_arms(cfg, out, lambda arm, seed: finetune_config(
+            cfg, distill_dir if arm == "repfusion" else None, seed), _read_top1,
+            lambda top1: f"test top-1 {100 * top1:.2f} %"))
 
     run_stage(f"4/5 fine-tune on {100 * cfg.label_fraction:g} % of the labels, RepFusion and scratch, "
-           f"{cfg.seeds} seeds each", cfg, finetune_all)
-    summary = {arm: {"mean": statistics.mean(v), "std": statistics.stdev(v), "runs": v} for arm, v in arms.items()}
-    difference = paired_difference(arms["repfusion"], arms["scratch"]).as_dict()
+              f"{cfg.seeds} seeds each", cfg, finetune_all)
+    summary, difference = compare_arms(arms)
     wall = time.time() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"summary": summary, "paired_difference": difference, "probe": probe, "timings_s": cfg.timings,
@@ -196,6 +190,32 @@ def run_demo(cfg: DemoConfig) -> dict:
     print("\n" + results_table(summary, difference))
     print(f"\nwall time {wall:.0f} s, peak memory {peak_mb:.0f} MB; report: {out / 'report.md'}")
     return result
+
+
+def finetune_arms(cfg: Any, out: Path, make_run: Callable[[str, int], FinetuneRun],
+                  score: Callable[[Path], float], show: Callable[[float], str]) -> dict[str, list[float]]:
+    """Both arms on every seed (scratch first), each a finished run reused on --resume; one score per run."""
+    arms: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    for seed in range(cfg.seeds):
+        for arm in ARMS:
+            run_dir = out / f"finetune-{arm}-seed{seed}"
+            run = make_run(arm, seed)
+            run_once(run_dir / "results.json", lambda r: run_finetune(run, run_dir, r), run_dir, cfg)
+            arms[arm].append(score(run_dir))
+            print(f"   seed {seed} {arm:>9}: {show(arms[arm][-1])}", flush=True)
+    return arms
+
+
+def compare_arms(arms: dict[str, list[float]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Per-arm mean, std and runs, and the seed-paired difference RepFusion - scratch with its 95 % interval."""
+    summary = {arm: {"mean": statistics.mean(v), "std": statistics.stdev(v), "runs": v} for arm, v in arms.items()}
+    return summary, paired_difference(arms["repfusion"], arms["scratch"]).as_dict()
+
+
+def cost_section(result: dict) -> str:
+    timings = "\n".join(f"| {k} | {v:.1f} |" for k, v in result["timings_s"].items())
+    return (f"## Cost\n\n| stage | seconds |\n|---|---|\n{timings}\n\nWall time {result['wall_s']:.0f} s, peak resident "
+            f"memory {result['peak_rss_mb']:.0f} MB.\n")
 
 
 def _read_top1(run_dir: Path) -> float:
@@ -216,7 +236,6 @@ def write_report(out: Path, result: dict) -> None:
     summary, cfg = result["summary"], result["config"]
     plot_arms({arm: [100 * r for r in s["runs"]] for arm, s in summary.items()}, out / "accuracy.png",
               f"digits, {100 * cfg['label_fraction']:g} % labels: scratch vs RepFusion")
-    timings = "\n".join(f"| {k} | {v:.1f} |" for k, v in result["timings_s"].items())
     probes = "\n".join(f"| {name} | {100 * s['linear_probe']:.2f} | {100 * s['knn']:.2f} |"
                        for name, s in result["probe"].items())
     text = f"""# RepFusion demo report
@@ -260,12 +279,5 @@ Where the policy sampled t, epoch by epoch:
 
 ![timesteps](distill/timesteps.png)
 
-## Cost
-
-| stage | seconds |
-|---|---|
-{timings}
-
-Wall time {result['wall_s']:.0f} s, peak resident memory {result['peak_rss_mb']:.0f} MB.
-"""
+{cost_section(result)}"""
     write_text(out / "report.md", text)

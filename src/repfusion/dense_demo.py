@@ -12,26 +12,21 @@ from __future__ import annotations
 
 import json
 import resource
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .analysis.plots import plot_arms
-from .analysis.stats import paired_difference
 from .data import DataConfig
-from .demo import check_out, demo_trainer, run_once, run_stage
+from .demo import ARMS, check_out, compare_arms, cost_section, demo_trainer, finetune_arms, run_once, run_stage
 from .distill.run import DistillRun, LossSection, StudentSection, TeacherSection, run_distillation
 from .distill.timesteps import TimestepConfig
 from .errors import RepFusionError
 from .io import write_json, write_text
-from .tasks.finetune import FinetuneRun, ModelSection, run_finetune
+from .tasks.finetune import FinetuneRun, ModelSection
 from .teachers.train import TeacherRun, train_teacher
 from .training import OptimConfig
-
-ARMS = ("scratch", "repfusion")
-
 
 @dataclass(frozen=True)
 class DenseMetric:
@@ -145,20 +140,14 @@ def run_dense_demo(cfg: DenseDemoConfig) -> dict:
     arms: dict[str, list[float]] = {arm: [] for arm in ARMS}
 
     def finetune_all() -> None:
-        for seed in range(cfg.seeds):
-            for arm in ARMS:
-                run_dir = out / f"finetune-{arm}-seed{seed}"
-                run = finetune_config(cfg, distill_dir if arm == "repfusion" else None, seed)
-                run_once(run_dir / "results.json", lambda r: run_finetune(run, run_dir, r), run_dir, cfg)
-                value = float(json.loads((run_dir / "results.json").read_text())[metric.key])
-                arms[arm].append(value)
-                print(f"   seed {seed} {arm:>9}: test {metric.name} {metric.unit_scale * value:.2f} {metric.unit}",
-                      flush=True)
+        arms.update(finetune_arms(
+            cfg, out, lambda arm, seed: finetune_config(cfg, distill_dir if arm == "repfusion" else None, seed),
+            lambda run_dir: float(json.loads((run_dir / "results.json").read_text())[metric.key]),
+            lambda value: f"test {metric.name} {metric.unit_scale * value:.2f} {metric.unit}"))
 
     run_stage(f"3/4 fine-tune {cfg.task} on {cfg.labelled} labelled faces, RepFusion and scratch, {cfg.seeds} seeds",
               cfg, finetune_all)
-    summary = {arm: {"mean": statistics.mean(v), "std": statistics.stdev(v), "runs": v} for arm, v in arms.items()}
-    difference = paired_difference(arms["repfusion"], arms["scratch"]).as_dict()
+    summary, difference = compare_arms(arms)
     wall = time.time() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"task": cfg.task, "metric": metric.key, "higher_is_better": metric.higher_is_better,
@@ -188,7 +177,6 @@ def write_dense_report(out: Path, result: dict, metric: DenseMetric) -> None:
     plot_arms({arm: [metric.unit_scale * r for r in s["runs"]] for arm, s in summary.items()}, out / "metric.png",
               f"generated faces, {cfg['labelled']} labelled: scratch vs RepFusion",
               ylabel=f"test {metric.name} ({metric.unit})")
-    timings = "\n".join(f"| {k} | {v:.1f} |" for k, v in result["timings_s"].items())
     what = ("face parsing (BiSeNetV1, 19 classes in the CelebAMask-HQ order)" if cfg["task"] == "segmentation"
             else "98-point landmark detection (heatmaps, NME normalised by the outer eye corners)")
     text = f"""# RepFusion dense demo: {cfg['task']}
@@ -219,12 +207,5 @@ Predictions on test images, seed 0 (left: scratch, right: RepFusion):
 
 ![curves](distill/curves.png)
 
-## Cost
-
-| stage | seconds |
-|---|---|
-{timings}
-
-Wall time {result['wall_s']:.0f} s, peak resident memory {result['peak_rss_mb']:.0f} MB.
-"""
+{cost_section(result)}"""
     write_text(out / "report.md", text)
