@@ -101,3 +101,17 @@ def test_a_few_gradient_steps_lower_each_loss(name):
         opt.step()
     assert value.item() < first
     assert not teacher.requires_grad
+
+
+def test_dense_hint_on_the_coarser_grid_pools_the_teacher_to_the_student_map():
+    """grid=coarser: the 16x16 teacher map is area-pooled to the student's 4x4, not the student upsampled."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 8, 4, 4), torch.randn(2, 16, 16, 16)
+    coarser = build_loss("hint", (8, 4, 4), (16, 16, 16), mode="dense", grid="coarser")
+    expected = F.mse_loss(coarser.adapter(student), F.avg_pool2d(teacher, 4))
+    assert torch.allclose(coarser(student, teacher), expected)
+    upsampled = build_loss("hint", (8, 4, 4), (16, 16, 16), mode="dense")  # the paper's direction, the default
+    adapted = F.interpolate(upsampled.adapter(student), size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.allclose(upsampled(student, teacher), F.mse_loss(adapted, teacher))
+    with pytest.raises(RepFusionError, match="loss.grid must be 'teacher' or 'coarser'"):
+        build_loss("hint", (8, 4, 4), (16, 16, 16), mode="dense", grid="finer")

@@ -38,21 +38,27 @@ def _require_maps(name: str, student: Shape, teacher: Shape) -> None:
 class AdaptedLoss(nn.Module):
     """Shared by hint, cosine and L1: a 1x1 conv maps student channels to teacher channels.
 
-    mode `pooled` compares global-average-pooled vectors (classification pre-training); `dense` resizes
-    the student map bilinearly to the teacher's H x W and compares maps (before dense tasks).
+    mode `pooled` compares global-average-pooled vectors (classification pre-training); `dense` compares
+    maps (before dense tasks) on the grid `grid` names: `teacher` (default) resizes the student map bilinearly
+    to the teacher's H x W; `coarser` brings both to the coarser of the two grids (the finer one area-pooled),
+    so a deep, coarse student stage is asked for the layout it can hold rather than detail it cannot.
     """
 
     default_weight = 1.0
 
     def __init__(self, student_shape: Shape, teacher_shape: Shape, mode: str = "pooled",
-                 weight: float | None = None) -> None:
+                 weight: float | None = None, grid: str = "teacher") -> None:
         super().__init__()
         if mode not in ("pooled", "dense"):
             raise RepFusionError(f"loss.mode must be 'pooled' or 'dense', not '{mode}'.")
+        if grid not in ("teacher", "coarser"):
+            raise RepFusionError(f"loss.grid must be 'teacher' or 'coarser', not '{grid}'.")
         if mode == "dense":
             _require_maps(type(self).__name__, student_shape, teacher_shape)
         self.mode = mode
         self.teacher_size = tuple(teacher_shape[1:])
+        if grid == "coarser" and len(student_shape) == 3 and len(teacher_shape) == 3:
+            self.teacher_size = min(tuple(student_shape[1:]), self.teacher_size, key=lambda hw: hw[0] * hw[1])
         self.weight = self.default_weight if weight is None else weight
         self.adapter = nn.Conv2d(student_shape[0], teacher_shape[0], 1) if len(student_shape) == 3 else nn.Linear(
             student_shape[0], teacher_shape[0])
@@ -62,7 +68,10 @@ class AdaptedLoss(nn.Module):
         adapted = self.adapter(student)
         if self.mode == "pooled":
             return pooled(adapted), pooled(teacher.detach())
-        return resize_to(adapted, self.teacher_size), teacher.detach()
+        teacher = teacher.detach()
+        if tuple(teacher.shape[-2:]) != self.teacher_size:
+            teacher = F.adaptive_avg_pool2d(teacher, self.teacher_size)
+        return resize_to(adapted, self.teacher_size), teacher
 
     def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -112,6 +121,8 @@ class AttentionTransferLoss(nn.Module):
         _require_maps("AT", student_shape, teacher_shape)
         self.p, self.weight, self.mode = p, weight, mode
         self.teacher_size = tuple(teacher_shape[1:])
+        if grid == "coarser" and len(student_shape) == 3 and len(teacher_shape) == 3:
+            self.teacher_size = min(tuple(student_shape[1:]), self.teacher_size, key=lambda hw: hw[0] * hw[1])
         self.terms: dict[str, torch.Tensor] = {}
 
     def attention_map(self, feature: torch.Tensor) -> torch.Tensor:
