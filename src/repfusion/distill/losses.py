@@ -121,8 +121,6 @@ class AttentionTransferLoss(nn.Module):
         _require_maps("AT", student_shape, teacher_shape)
         self.p, self.weight, self.mode = p, weight, mode
         self.teacher_size = tuple(teacher_shape[1:])
-        if grid == "coarser" and len(student_shape) == 3 and len(teacher_shape) == 3:
-            self.teacher_size = min(tuple(student_shape[1:]), self.teacher_size, key=lambda hw: hw[0] * hw[1])
         self.terms: dict[str, torch.Tensor] = {}
 
     def attention_map(self, feature: torch.Tensor) -> torch.Tensor:
