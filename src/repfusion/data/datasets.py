@@ -38,6 +38,12 @@ def base_dataset(dataset: Dataset) -> Dataset:
     return dataset
 
 
+def dataset_targets(dataset: Dataset) -> tuple[str, ...]:
+    """The dense targets its items carry ("mask", "keypoints", "attributes"); () for integer class labels."""
+    targets = getattr(base_dataset(dataset), "targets", ())
+    return targets if isinstance(targets, tuple) else ()  # a torchvision-style `targets` list holds labels
+
+
 def read_image(path: Path, image_size: int | None) -> torch.Tensor:
     """Decode one file to uint8 RGB C x H x W; a corrupt file is a one-sentence error naming it."""
     try:

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ..errors import RepFusionError
-from .datasets import base_dataset
+from .datasets import dataset_targets
 
 
 def check_label_budget(label_fraction: float, labels_per_class: int | None) -> None:
@@ -71,8 +71,7 @@ def random_subset(n: int, label_fraction: float, seed: int = 0) -> list[int]:
 
 def is_dense(dataset: Dataset) -> bool:
     """Whether items carry a target dict (masks, keypoints) rather than an int label (Subset chains too)."""
-    dataset = base_dataset(dataset)
-    return bool(getattr(dataset, "targets", None)) and isinstance(dataset.targets, tuple)  # type: ignore[attr-defined]
+    return bool(dataset_targets(dataset))
 
 
 def labelled_subset(dataset: Dataset, label_fraction: float = 1.0, labels_per_class: int | None = None,

@@ -12,7 +12,7 @@ import torch
 from ..analysis.plots import plot_curves, plot_timestep_history
 from ..config import JSONValue
 from ..data import DataConfig, ImageDataModule, Normalize
-from ..data.datasets import base_dataset
+from ..data.datasets import dataset_targets
 from ..errors import RepFusionError
 from ..features import layer_output, resolve_modules
 from ..io import replace_dir, staging_dir, write_json
@@ -107,7 +107,7 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
     if cfg.reward == "none" and cfg.timesteps.strategy == "reinforced":
         raise RepFusionError("The reinforced policy needs a reward: set reward to label or infonce, or use a "
                              "fixed/uniform timestep strategy.")
-    carried = getattr(base_dataset(datamodule.train_set), "targets", ())
+    carried = dataset_targets(datamodule.train_set)
     if cfg.reward == "label" and carried:
         raise RepFusionError(f"reward 'label' needs class labels but data source '{cfg.data.source}' carries "
                              f"{' and '.join(carried)}; set reward to infonce or none (with a fixed or uniform "

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..analysis.plots import plot_curves
 from ..data import DataConfig, ImageDataModule
-from ..data.datasets import base_dataset
+from ..data.datasets import dataset_targets
 from ..errors import RepFusionError
 from ..io import replace_dir, staging_dir, write_json
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
@@ -54,7 +54,7 @@ class FinetuneRun:
 def check_targets(spec: TaskSpec, datamodule: ImageDataModule) -> None:
     """A task whose batches lack its target (masks, keypoints, labels) is refused before anything runs."""
     datamodule.setup()
-    carried = tuple(getattr(base_dataset(datamodule.train_set), "targets", ()))
+    carried = dataset_targets(datamodule.train_set)
     source = datamodule.config.source
     if spec.needs is None and carried:
         raise RepFusionError(f"Data source '{source}' carries {' and '.join(carried)}, not class labels; set "
