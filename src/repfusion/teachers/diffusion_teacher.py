@@ -109,8 +109,10 @@ class DiffusionTeacher(nn.Module):
             return None
         if self.class_label == "dataset":
             if labels is None:
+                fixed = "a class index or 'null'" if self.null_class is not None else "a class index (this " \
+                        "teacher has no null class)"
                 raise RepFusionError(f"This class-conditional teacher reads the dataset's labels but none were "
-                                     "given; pass labels, or set teacher.class_label to a class index or 'null'.")
+                                     f"given; pass labels, or set teacher.class_label to {fixed}.")
             labels = labels.to(device).long()
             if self.class_map is not None:
                 labels = self.class_map.to(device)[labels]
