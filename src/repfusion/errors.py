@@ -31,3 +31,16 @@ def unknown_name_error(kind: str, name: str, candidates: Iterable[str], hint: st
     else:
         suggestion = ""
     return RepFusionError(f"Unknown {kind} '{name}'{suggestion}{hint}.")
+
+
+def torch_load_reason(error: BaseException) -> str:
+    """What a refused `torch.load(weights_only=True)` found, without torch's advice to retry with
+    `weights_only=False` (which would run the file's code): e.g. 'unsupported GLOBAL posix.system ...'."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    advice = ("weights only load failed", "in pytorch 2.6", "re-running", "weights_only", "check the documentation",
+              "please file an issue", "do it only if", "you can use", "or use `torch.serialization")
+    kept = [line for line in lines if not any(a in line.lower() for a in advice)]
+    if not kept:  # every line was advice: keep only torch's own first sentence, which names no remedy
+        return type(error).__name__
+    reason = kept[0].removeprefix("WeightsUnpickler error:").strip() or (kept[1] if len(kept) > 1 else "")
+    return reason.rstrip(".") or type(error).__name__

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import RepFusionError
+from .errors import RepFusionError, torch_load_reason
 
 
 TMP_SUFFIX = ".tmp"
@@ -56,9 +56,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a full disk names no file: say which write failed
+            e.filename = str(path)
         raise
     _fsync_dir(path.parent)
     return path
@@ -117,7 +119,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = torch_load_reason(e)  # never torch's advice to retry with weights_only=False
         raise RepFusionError(
             f"Checkpoint {path} cannot be loaded safely with weights_only=True ({reason}); "
             "it may contain pickled code, which repfusion refuses to run: re-save it as plain tensors."
