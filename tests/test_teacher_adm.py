@@ -379,3 +379,90 @@ def test_tiny_imagenet_row_config_runs_with_an_adm_checkpoint(tmp_path):
                  "--trainer.limit_val_batches", "1", "--trainer.progress", "false"])
     assert code == 0
     assert (tmp_path / "run" / "student" / "config.json").is_file()
+
+
+# ---- issue 19, items 15-17: flag values as guided-diffusion reads them, its full flag set, layer names ----------
+
+MODEL_FLAGS_64 = ("--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 --dropout 0.1 "
+                  "--image_size 64 --learn_sigma True --noise_schedule cosine --num_channels 192 --num_head_channels 64 "
+                  "--num_res_blocks 3 --resblock_updown True --use_new_attention_order True --use_fp16 True "
+                  "--use_scale_shift_norm True")  # guided-diffusion's README, 64x64 model
+
+
+def test_string_flag_values_are_read_as_guided_diffusion_reads_them(tmp_path):
+    from repfusion.teachers.adm import adm_flags
+
+    legacy = ADMFlags(**{**{k: getattr(SMALL, k) for k in SMALL.__dataclass_fields__},
+                         "use_new_attention_order": False})
+    state = random_state(legacy)
+    torch.save(state, tmp_path / "legacy.pt")
+    as_strings = {k: str(getattr(legacy, k)) for k in legacy.__dataclass_fields__}  # "False", "32", "0.0", ...
+    assert as_strings["use_new_attention_order"] == "False"
+    assert adm_flags(as_strings) == legacy  # "False" was truthy: the legacy checkpoint loaded in the new order
+    x, t, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([3, 500]), torch.tensor([1, 2])
+    layer = "mid_block.resnets.1"
+    by_strings = DiffusionTeacher.from_source(str(tmp_path / "legacy.pt"), adm_flags=as_strings, class_label="dataset")
+    by_values = DiffusionTeacher.from_source(str(tmp_path / "legacy.pt"), adm_flags=dict(
+        (k, getattr(legacy, k)) for k in legacy.__dataclass_fields__), class_label="dataset")
+    assert torch.equal(by_strings(x, t, [layer], labels=y)[layer], by_values(x, t, [layer], labels=y)[layer])
+    assert adm_flags({"class_cond": "false", "dropout": "0.1", "num_channels": "64"}) == ADMFlags(
+        class_cond=False, dropout=0.1, num_channels=64)  # "64" gave an expected width of 6464
+    assert adm_flags({"class_cond": 1, "attention_resolutions": 16}).class_cond is True
+
+
+@pytest.mark.parametrize("flags,message", [
+    ({"class_cond": "maybe"}, "class_cond must be True or False"),
+    ({"num_channels": "6.4"}, "num_channels must be a whole number"),
+    ({"num_channels": True}, "num_channels must be a whole number"),
+    ({"dropout": "lots"}, "dropout must be a number"),
+    ({"dropout": 1.5}, r"dropout must be in \[0, 1\)"),
+    ({"num_res_blocks": 0}, "num_res_blocks must be at least 1"),
+    ({"channel_mult": "1,a"}, "channel_mult must be a comma-separated list"),
+    ({"attention_resolutions": "16,x"}, "attention_resolutions must be a comma-separated list"),
+    ({"diffusion_steps": 250, "rescale_timesteps": True}, "rescale_timesteps feeds the network"),
+    ("--image_size", "has no value"),
+    ("--image_size 64 stray", "has 'stray' where a --flag was expected"),
+])
+def test_wrong_flag_values_are_one_sentence(flags, message):
+    from repfusion.teachers.adm import adm_flags
+
+    with pytest.raises(RepFusionError, match=message) as err:
+        adm_flags(flags)
+    assert "\n" not in str(err.value)
+
+
+def test_model_and_diffusion_defaults_and_the_readme_model_flags_are_accepted(capsys):
+    from repfusion.teachers.adm import adm_flags
+
+    # guided-diffusion's script_util.model_and_diffusion_defaults(), all of it (what create_model_and_diffusion takes)
+    defaults = dict(image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1,
+                    num_head_channels=-1, attention_resolutions="16,8", channel_mult="", dropout=0.0,
+                    class_cond=False, use_checkpoint=False, use_scale_shift_norm=True, resblock_updown=False,
+                    use_fp16=False, use_new_attention_order=False, learn_sigma=False, diffusion_steps=1000,
+                    noise_schedule="linear", timestep_respacing="", use_kl=False, predict_xstart=False,
+                    rescale_timesteps=False, rescale_learned_sigmas=False)
+    assert adm_flags(defaults) == ADMFlags()  # was: Unknown ADM flag 'predict_xstart'
+    err = capsys.readouterr().err
+    assert err.startswith("note: ADM flags predict_xstart, rescale_learned_sigmas, rescale_timesteps, "
+                          "timestep_respacing, use_checkpoint, use_kl only change how") and err.count("\n") == 1
+    assert adm_flags(MODEL_FLAGS_64) == ADM_PRESETS["imagenet-64"]
+    assert adm_flags("--image_size=64 --num_channels 192 --timestep_respacing 250").num_channels == 192
+
+
+def test_layers_names_the_mid_block_output(tmp_path, capsys):
+    from repfusion.cli import main
+    from repfusion.layers import mid_block_note
+
+    state = random_state(SMALL)
+    torch.save(state, tmp_path / "adm.pt")
+    flags = " ".join(f"--{k} {getattr(SMALL, k)}" for k in SMALL.__dataclass_fields__)  # MODEL_FLAGS form
+    assert main(["layers", "--teacher", str(tmp_path / "adm.pt"), "--adm-flags", flags]) == 0
+    out = capsys.readouterr().out
+    assert "mid block output: mid_block.resnets.1 (the same tensor as mid_block), ADM's middle_block output; " \
+           "mid_block.resnets.1.conv2 is ADM's middle_block.2.out_layers.3" in out
+    assert mid_block_note(["conv_in", "mid_block.resnets.0", "mid_block.resnets.1"], "unet").startswith(
+        "\nmid block output: mid_block.resnets.1")
+    teacher = DiffusionTeacher.from_source(str(tmp_path / "adm.pt"), adm_flags=flags, class_label="dataset")
+    with pytest.raises(RepFusionError) as err:  # the ADM teacher has no null class: do not suggest one
+        teacher(torch.rand(1, 3, 16, 16), torch.tensor([1]), [teacher.default_layer])
+    assert "null'" not in str(err.value) and "no null class" in str(err.value)

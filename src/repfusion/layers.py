@@ -20,6 +20,22 @@ def format_table(rows: list[tuple[str, str, tuple[int, ...] | None]]) -> str:
     return "\n".join(lines)
 
 
+def mid_block_note(names: list[str], kind: str) -> str:
+    """Which name is the mid block's output (a UNet's `*.conv2` is the residual branch before the skip is added)."""
+    resnets = [n for n in names if n.startswith("mid_block.resnets.") and n.count(".") == 2]
+    if not resnets:
+        return ""
+    last = max(resnets, key=lambda n: int(n.rsplit(".", 1)[1]))
+    note = f"\nmid block output: {last} (the same tensor as mid_block)"
+    if kind == "adm":
+        index = 2 * int(last.rsplit(".", 1)[1])
+        note += (f", ADM's middle_block output; {last}.conv2 is ADM's middle_block.{index}.out_layers.3, the "
+                 "residual branch before the skip connection is added")
+    else:
+        note += f"; {last}.conv2 is the residual branch before the skip connection is added"
+    return note
+
+
 def list_layers(teacher: str | None = None, student: str | None = None, image_size: int | None = None,
                 width: float = 1.0, teacher_options: dict | None = None) -> str:
     """The table `repfusion layers` prints; `teacher_options` go to `DiffusionTeacher.from_source`."""
@@ -33,6 +49,7 @@ def list_layers(teacher: str | None = None, student: str | None = None, image_si
                   f"default feature layer: {t.default_layer}")
         if t.kind == "dit":
             header += "; transformer tokens are listed as the (C, H, W) maps the teacher returns"
+        header += mid_block_note([name for name, _, _ in rows], t.kind)
     elif student is not None:
         from .students import build_student
 

@@ -17,17 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import RepFusionError
+from .datasets import IMAGE_ERRORS, eight_bit, image_error, inside, note_skipped_links, to_rgb
 from .face_layout import PARSING_CLASSES
 
 IMAGE_DIR, MASK_DIR, MAPPING = "CelebA-HQ-img", "CelebAMask-HQ-mask-anno", "CelebA-HQ-to-CelebA-mapping.txt"
 SPLITS = ("train", "val", "test")
 VAL_START, TEST_START = 162771, 182638
-_MASK_NAME = re.compile(r"^(\d+)_([a-z_]+)\.png$")
+_MASK_NAME = re.compile(r"^([0-9]+)_([a-z_]+)\.png$")  # ASCII digits: \d would admit '²', which int() refuses
+
+
+def _number(text: str) -> bool:
+    """A whole number in ASCII digits (str.isdigit also admits '²' and other digits int() cannot read)."""
+    return text.isascii() and text.isdigit()
 
 
 def split_of(celeba_index: int) -> str:
@@ -56,14 +62,14 @@ class CelebAMaskDataset(Dataset):
         path = self.images[index]
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = to_rgb(img)
                 if img.size != label.shape[::-1]:  # to the mask's size first, as the masks were drawn on it
                     img = img.resize(label.shape[::-1], Image.BILINEAR)
                 if img.size != (size, size):
                     img = img.resize((size, size), Image.BILINEAR)
                 rgb = np.asarray(img, dtype=np.uint8).copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise RepFusionError(f"Image file {path} is corrupt or truncated ({e}); remove or replace it.") from None
+        except IMAGE_ERRORS as e:
+            raise image_error(path, e) from None
         return (torch.from_numpy(rgb).permute(2, 0, 1).contiguous(),
                 {"mask": torch.from_numpy(np.asarray(mask, dtype=np.uint8).copy())})
 
@@ -77,9 +83,9 @@ def merge_part_masks(parts: dict[str, Path]) -> np.ndarray:
             continue
         try:
             with Image.open(path) as m:
-                on = np.asarray(m.convert("L")) > 127
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise RepFusionError(f"Mask file {path} is corrupt or truncated ({e}); remove or replace it.") from None
+                on = np.asarray(eight_bit(m).convert("L")) > 127
+        except IMAGE_ERRORS as e:
+            raise image_error(path, e, kind="Mask") from None
         if label is None:
             label = np.zeros(on.shape, dtype=np.uint8)
         elif on.shape != label.shape:
@@ -99,9 +105,9 @@ def read_mapping(path: Path) -> dict[int, int]:
     mapping: dict[int, int] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         tokens = line.split()
-        if not tokens or (number == 1 and not tokens[0].isdigit()):
+        if not tokens or (number == 1 and not _number(tokens[0])):
             continue
-        if len(tokens) < 2 or not tokens[0].isdigit() or not tokens[1].isdigit():
+        if len(tokens) < 2 or not _number(tokens[0]) or not _number(tokens[1]):
             raise RepFusionError(f"{path} line {number} should read 'idx orig_idx orig_file' but reads {line!r}; "
                                  "restore the file from the CelebAMask-HQ release.")
         mapping[int(tokens[0])] = int(tokens[1])
@@ -115,7 +121,8 @@ def _mask_index(folder: Path) -> dict[int, dict[str, Path]]:
     for directory, _, files in os.walk(folder):
         for name in files:
             m = _MASK_NAME.match(name)
-            if m and m.group(2) in known:
+            if m and m.group(2) in known and (not (Path(directory) / name).is_symlink()
+                                              or inside(Path(directory) / name, folder.parent)):
                 found.setdefault(int(m.group(1)), {})[m.group(2)] = Path(directory) / name
     return found
 
@@ -131,7 +138,10 @@ def celebamask(root: str | Path, split: str = "train", image_size: int = 448) ->
             raise RepFusionError(f"{folder} does not exist; data.root must hold CelebA-HQ-img/ and "
                                  "CelebAMask-HQ-mask-anno/ as the CelebAMask-HQ release unpacks them.")
     mapping = read_mapping(root / MAPPING)
-    present = {int(p.stem): p for p in image_dir.iterdir() if p.stem.isdigit() and p.is_file()}
+    links_out = [p for p in sorted(image_dir.iterdir()) if p.is_symlink() and not inside(p, root)]
+    note_skipped_links(root, links_out)
+    present = {int(p.stem): p for p in image_dir.iterdir()
+               if _number(p.stem) and p.is_file() and p not in links_out}  # other names: not CelebA-HQ images
     unmapped = sorted(set(present) - set(mapping))
     if unmapped:
         raise RepFusionError(f"Image {present[unmapped[0]].name} (and {len(unmapped) - 1} others) has no row in "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import RepFusionError
-from .datasets import FileImageDataset, image_files
+from .datasets import FileImageDataset, image_files, inside
 
 
 def tiny_imagenet(root: str | Path, train: bool, image_size: int | None = 64) -> FileImageDataset:
@@ -18,7 +18,7 @@ def tiny_imagenet(root: str | Path, train: bool, image_size: int | None = 64) ->
     files, labels = [], []
     if train:
         for wnid in wnids:
-            found = image_files(root / "train" / wnid / "images")
+            found = image_files(root / "train" / wnid / "images", root)
             files += found
             labels += [index[wnid]] * len(found)
     else:
@@ -28,7 +28,11 @@ def tiny_imagenet(root: str | Path, train: bool, image_size: int | None = 64) ->
         for line in annotations.read_text().splitlines():
             parts = line.split("\t")
             if len(parts) >= 2 and parts[1] in index:
-                files.append(root / "val" / "images" / parts[0])
+                path = root / "val" / "images" / parts[0]
+                if Path(parts[0]).is_absolute() or ".." in Path(parts[0]).parts or not inside(path, root):
+                    raise RepFusionError(f"{annotations} names the image '{parts[0]}', which lies outside {root}; "
+                                         "val_annotations.txt names files in val/images/, so fix that line.")
+                files.append(path)
                 labels.append(index[parts[1]])
     if not files:
         raise RepFusionError(f"No {'train' if train else 'val'} images found under {root}; check the folder layout.")

@@ -14,15 +14,16 @@ x' = (x - (cx - side / 2)) x S / side - 1/2, the same map the pixels go through.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import RepFusionError
+from .datasets import IMAGE_ERRORS, image_error, inside, to_rgb
 from .face_layout import WFLW_NUM_KEYPOINTS
 
 TOKENS = 2 * WFLW_NUM_KEYPOINTS + 4 + 6 + 1  # 207
@@ -56,7 +57,7 @@ class WFLWDataset(Dataset):
         path = self.files[index]
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = to_rgb(img)
                 # PIL boxes are in corner coordinates (pixel i spans [i, i+1]): shift by half a pixel
                 l, t = left + 0.5, top + 0.5
                 L, T = math.floor(l), math.floor(t)
@@ -64,8 +65,8 @@ class WFLWDataset(Dataset):
                 patch = img.crop((L, T, R, B))  # zero-padded where the window leaves the image
                 patch = patch.resize((size, size), Image.BILINEAR, box=(l - L, t - T, l - L + side, t - T + side))
                 rgb = np.asarray(patch, dtype=np.uint8).copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise RepFusionError(f"Image file {path} is corrupt or truncated ({e}); remove or replace it.") from None
+        except IMAGE_ERRORS as e:
+            raise image_error(path, e) from None
         scale = size / side
         points = self.points[index].clone()
         points[:, 0] = (points[:, 0] - left) * scale - 0.5
@@ -103,7 +104,18 @@ def parse_annotations(path: Path) -> tuple[list[str], Tensor, Tensor, Tensor, li
         except ValueError:
             raise RepFusionError(f"{path} line {number} has a non-numeric value among its first {TOKENS - 1} tokens; "
                                  "fix or remove that line.") from None
-        names.append(tokens[-1])
+        bad = [i for i, v in enumerate(rows[-1]) if not math.isfinite(v)]
+        if bad:
+            what = (f"landmark {bad[0] // 2}" if bad[0] < 196 else "the face box" if bad[0] < 200 else
+                    f"attribute {bad[0] - 200}")
+            raise RepFusionError(f"{path} line {number}: {what} is {tokens[bad[0]]}, not a finite number; fix or "
+                                 "remove that line.")
+        name = tokens[-1]
+        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            raise RepFusionError(f"{path} line {number} names the image '{name}', which would be read from outside "
+                                 "WFLW_images/; a WFLW line names its image relative to that folder (e.g. "
+                                 "0--Parade/0_Parade_marchingband_1_116.jpg), so fix or remove that line.")
+        names.append(name)
         numbers.append(number)
     if not rows:
         raise RepFusionError(f"{path} holds no annotation lines; use the file from the WFLW release.")
@@ -125,16 +137,25 @@ def wflw(root: str | Path, train: bool, image_size: int = 256, margin: float = 1
     for i, name in enumerate(names):
         path = image_root / name
         if name not in sizes:
+            if not inside(path, root):  # a symbolic link out of the dataset folder
+                raise RepFusionError(f"Image {path} named in {annotation} line {numbers[i]} is a link to a file "
+                                     f"outside {root}; repfusion reads only files inside data.root, so copy the "
+                                     "image there.")
             try:
                 with Image.open(path) as img:  # reads the header only
                     sizes[name] = img.size
             except FileNotFoundError:
                 raise RepFusionError(f"Image {path} named in {annotation} does not exist; unpack WFLW_images/ "
                                      "beside WFLW_annotations/.") from None
-            except (UnidentifiedImageError, OSError) as e:
-                raise RepFusionError(f"Image file {path} is corrupt or truncated ({e}); remove or replace it.") \
-                    from None
+            except IMAGE_ERRORS as e:
+                raise image_error(path, e) from None
         width, height = sizes[name]
+        x0, y0, x1, y1 = boxes[i].tolist()
+        if not (x0 <= x1 and y0 <= y1 and -width <= x0 and x1 <= 2 * width and -height <= y0 and y1 <= 2 * height):
+            raise RepFusionError(
+                f"{annotation} line {numbers[i]}: the face box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not a box "
+                f"(x_min <= x_max, y_min <= y_max) within one image size of the {width}x{height} image {name}; "
+                "fix the annotation.")
         p = points[i]
         outside = (p[:, 0] < -EDGE) | (p[:, 0] > width - 1 + EDGE) | (p[:, 1] < -EDGE) | (p[:, 1] > height - 1 + EDGE)
         if bool(outside.any()):

@@ -34,9 +34,18 @@ def read_student_config(folder: str | Path) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise RepFusionError(f"{folder} holds no student (config.json missing); give a folder exported by distill.")
-    config = json.loads(path.read_text())
-    if config.get("_class_name") not in STUDENT_CLASSES:
-        raise RepFusionError(f"{path} does not describe a repfusion student (class {config.get('_class_name')}).")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RepFusionError(f"{path} is not readable JSON ({type(e).__name__}); export the student again with "
+                             "repfusion distill (or restore the file).") from None
+    if not isinstance(config, dict) or config.get("_class_name") not in STUDENT_CLASSES:
+        name = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
+        raise RepFusionError(f"{path} does not describe a repfusion student (class {name}).")
+    for key, kind in (("arch", str), ("width", (int, float))):
+        if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
+            raise RepFusionError(f"{path} has no valid '{key}' (a student's config.json names its arch and width); "
+                                 "export the student again with repfusion distill.")
     return config
 
 
@@ -52,7 +61,22 @@ def find_export(path: str | Path, subfolders: tuple[str, ...] = ("student",)) ->
 def load_student(folder: str | Path) -> ModelMixin:
     """A student exported with save_pretrained (safetensors weights + config naming arch and width)."""
     config = read_student_config(folder)
-    return STUDENT_CLASSES[config["_class_name"]].from_pretrained(str(folder), use_safetensors=True)
+    folder = Path(folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        if pickled:
+            raise RepFusionError(f"Student folder {folder} holds its weights only as {pickled[0]}, a pickle, which can "
+                                 "run code when it is loaded, so repfusion refuses it; export the student again "
+                                 "(save_pretrained writes safetensors) or convert the file to safetensors.")
+        raise RepFusionError(f"Student folder {folder} has a config.json but no weights ({weights.name}); copy the "
+                             "weights file there or export the student again.")
+    try:
+        return STUDENT_CLASSES[config["_class_name"]].from_pretrained(str(folder), use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, TypeError) as e:  # diffusers' errors for a broken file or config
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RepFusionError(f"The student in {folder} cannot be loaded ({first}); export it again with repfusion "
+                             "distill.") from None
 
 
 __all__ = ["STUDENTS", "HRNet", "MobileNetV2", "ResNet", "build_student", "find_export", "load_student", "read_student_config"]

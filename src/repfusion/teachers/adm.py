@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from ..errors import RepFusionError, unknown_name_error
+from ..errors import RepFusionError, torch_load_reason, unknown_name_error
 
 NUM_IMAGENET_CLASSES = 1000
 
@@ -85,21 +85,136 @@ ADM_PRESETS: dict[str, ADMFlags] = {
 }
 
 
+# Flags of guided-diffusion's model_and_diffusion_defaults() that only change how it trains or samples (the
+# loss, the output's parametrisation, respacing, gradient checkpointing), not the network's layers or weights.
+DIFFUSION_ONLY_FLAGS: dict[str, Any] = {"timestep_respacing": "", "use_kl": False, "predict_xstart": False,
+                                        "rescale_timesteps": False, "rescale_learned_sigmas": False,
+                                        "use_checkpoint": False}
+_TRUE, _FALSE = ("yes", "true", "t", "y", "1"), ("no", "false", "f", "n", "0")  # guided-diffusion's str2bool
+
+
+def _parse_flag(name: str, value: Any, default: Any) -> Any:
+    """One flag value the way guided-diffusion's argparser reads it (str2bool, int(), float(), str), or one
+    sentence: strings as users copy them from its MODEL_FLAGS ("False", "64", "0.1") become their values."""
+    kind = type(default)
+    what = {bool: "True or False", int: "a whole number", float: "a number"}.get(kind, "a string")
+    wrong = RepFusionError(f"ADM flag {name} must be {what} (as guided-diffusion's --{name} reads it), not "
+                           f"{value!r}.")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise wrong
+    if isinstance(value, bool):
+        raise wrong
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise wrong from None
+        raise wrong
+    if kind is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong from None
+        raise wrong
+    if isinstance(value, (str, int)):  # attention_resolutions: 16 means "16"
+        return str(value)
+    raise wrong
+
+
+def parse_model_flags(text: str) -> dict[str, str]:
+    """guided-diffusion's MODEL_FLAGS string (`--image_size 64 --num_channels 192 ...`) as a dict of strings."""
+    import shlex
+
+    try:
+        tokens = shlex.split(text)
+    except ValueError as e:
+        raise RepFusionError(f"The ADM flags string cannot be split into flags ({e}); give it as guided-diffusion's "
+                             "README writes MODEL_FLAGS, e.g. \"--image_size 64 --num_channels 192\".") from None
+    flags: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise RepFusionError(f"The ADM flags string has '{token}' where a --flag was expected; give it as "
+                                 "\"--image_size 64 --num_channels 192 ...\" (each flag followed by its value).")
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise RepFusionError(f"The ADM flag --{name} has no value; guided-diffusion's flags each take one "
+                                     "(e.g. --class_cond True).")
+            value, i = tokens[i + 1], i + 1
+        flags[name.replace("-", "_")] = value
+        i += 1
+    return flags
+
+
+def _check_values(flags: ADMFlags) -> ADMFlags:
+    """Ranges and the comma lists, so a bad value is one sentence, not a traceback inside UNet2DModel."""
+    for name in ("image_size", "num_channels", "num_res_blocks", "num_heads", "diffusion_steps", "num_classes"):
+        if getattr(flags, name) < 1:
+            raise RepFusionError(f"ADM flag {name} must be at least 1, not {getattr(flags, name)}.")
+    if flags.num_head_channels != -1 and flags.num_head_channels < 1:
+        raise RepFusionError(f"ADM flag num_head_channels must be at least 1 (or -1 to use num_heads), not "
+                             f"{flags.num_head_channels}.")
+    if not 0.0 <= flags.dropout < 1.0:
+        raise RepFusionError(f"ADM flag dropout must be in [0, 1), not {flags.dropout}.")
+    for name, parse in (("channel_mult", float), ("attention_resolutions", int)):
+        text = str(getattr(flags, name))
+        try:
+            values = [parse(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise RepFusionError(f"ADM flag {name} must be a comma-separated list of numbers (e.g. "
+                                 f"\"{'1,2,3,4' if name == 'channel_mult' else '32,16,8'}\"), not '{text}'.") from None
+        if any(v <= 0 for v in values):
+            raise RepFusionError(f"ADM flag {name} must list positive numbers, not '{text}'.")
+    return flags
+
+
 def adm_flags(flags: str | dict[str, Any] | ADMFlags) -> ADMFlags:
-    """A preset name, a dict of flags (guided-diffusion names; `preset` starts from a preset) or ADMFlags."""
+    """A preset name, a dict of flags (guided-diffusion names; `preset` starts from a preset), guided-diffusion's
+    MODEL_FLAGS string (`--image_size 64 ...`) or ADMFlags. Values are read as guided-diffusion's argparser reads
+    them ("False" is false, "64" is 64); its diffusion-only flags are accepted and ignored with a note."""
     if isinstance(flags, ADMFlags):
         return flags
     if isinstance(flags, str):
+        if flags.lstrip().startswith("-"):
+            return adm_flags(parse_model_flags(flags))
         if flags not in ADM_PRESETS:
             raise unknown_name_error("ADM preset", flags, ADM_PRESETS, hint=", or give the model flags as a mapping")
         return ADM_PRESETS[flags]
+    if not isinstance(flags, dict):
+        raise RepFusionError(f"ADM flags must be a preset name, a mapping of flags or a MODEL_FLAGS string, not "
+                             f"{type(flags).__name__}.")
     flags = dict(flags)
     base = asdict(adm_flags(str(flags.pop("preset")))) if "preset" in flags else {}  # a preset, then overrides
-    known = {f.name for f in fields(ADMFlags)}
-    bad = [k for k in flags if k not in known]
+    defaults = {f.name: f.default for f in fields(ADMFlags)}
+    bad = [k for k in flags if k not in defaults and k not in DIFFUSION_ONLY_FLAGS]
     if bad:
-        raise unknown_name_error("ADM flag", bad[0], known)
-    return ADMFlags(**base | flags)
+        raise unknown_name_error("ADM flag", bad[0], [*defaults, *DIFFUSION_ONLY_FLAGS])
+    values = {k: _parse_flag(k, v, defaults.get(k, DIFFUSION_ONLY_FLAGS.get(k))) for k, v in flags.items()}
+    ignored = sorted(k for k in values if k in DIFFUSION_ONLY_FLAGS)
+    steps = values.get("diffusion_steps", base.get("diffusion_steps", defaults["diffusion_steps"]))
+    if values.get("rescale_timesteps") and steps != 1000:
+        raise RepFusionError(f"ADM flag rescale_timesteps feeds the network t x 1000 / {steps}, which this converter "
+                             "does not; only models with rescale_timesteps False (or diffusion_steps 1000) load.")
+    if ignored:
+        import sys
+
+        print(f"note: ADM flags {', '.join(ignored)} only change how guided-diffusion trains or samples, not the "
+              "network's layers or weights; repfusion ignores them.", file=sys.stderr)
+    return _check_values(ADMFlags(**base | {k: v for k, v in values.items() if k not in DIFFUSION_ONLY_FLAGS}))
 
 
 def unet_config(flags: ADMFlags) -> dict[str, Any]:
@@ -269,12 +384,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors' own error types for a corrupt or foreign file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RepFusionError(f"ADM checkpoint {path} is not a valid safetensors file ({first}); give the .pt "
+                                 "file guided-diffusion released, or re-save the state dict as safetensors.") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError for pickled code, RuntimeError for a corrupt file
-        reason = "holds pickled code, not only tensors" if "weights_only" in str(e) or "Unpickl" in type(e).__name__ \
-            else f"cannot be read ({type(e).__name__})"
+        pickled = "weights_only" in str(e) or "Unpickl" in type(e).__name__
+        reason = (f"holds pickled code, not only tensors ({torch_load_reason(e)})" if pickled
+                  else f"cannot be read ({type(e).__name__})")
         raise RepFusionError(f"ADM checkpoint {path} {reason}; repfusion loads only plain state dicts, so re-save "
                              "it with torch.save(model.state_dict(), path) or as safetensors.") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

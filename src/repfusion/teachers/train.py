@@ -8,7 +8,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from ..checks import check_run_config
 from ..data import DataConfig, ImageDataModule
+from ..errors import RepFusionError
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
 from .diffusion_teacher import check_unet_input
 from .ddpm_training import DDPMTraining, export_teacher, sample_grid
@@ -28,14 +30,29 @@ class TeacherRun:
     sample_steps: int = 50
 
 
+def check_teacher_run(cfg: TeacherRun) -> None:
+    """The teacher verb's own values, checked before anything is built or written."""
+    check_run_config(cfg)
+    if isinstance(cfg.samples, bool) or not isinstance(cfg.samples, int) or cfg.samples < 0:
+        raise RepFusionError(f"samples must be a number of sample images >= 0 (0 draws none), not {cfg.samples}.")
+    if isinstance(cfg.sample_steps, bool) or not isinstance(cfg.sample_steps, int) or cfg.sample_steps < 1:
+        raise RepFusionError(f"sample_steps must be at least 1 DDIM step (50 is the default), not "
+                             f"{cfg.sample_steps}.")
+
+
 def train_teacher(cfg: TeacherRun, run_dir: Path, resume: bool = False,
                   on_start: Callable[[], None] | None = None) -> Path:
     """Fit the DDPM, export EMA weights + scheduler to run_dir/teacher, and draw a sample grid."""
+    check_teacher_run(cfg)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = ImageDataModule(cfg.data)
     channels, size, _ = datamodule.sample_shape()
     unet, scheduler = load_unet_and_scheduler(cfg.teacher, image_size=size)
     check_unet_input(unet, (1, channels, size, size))
+    steps = scheduler.config.num_train_timesteps
+    if cfg.samples > 0 and cfg.sample_steps > steps:
+        raise RepFusionError(f"sample_steps {cfg.sample_steps} exceeds the teacher's {steps} diffusion steps; "
+                             f"give at most {steps}.")
     module = DDPMTraining(unet, scheduler, cfg.optim, image_size=size)
     trainer = build_trainer(cfg.trainer, run_dir)
     ckpt = prepare_run(run_dir, resume, module, on_start)  # all checks before the first write
