@@ -121,8 +121,42 @@ def check_trainer_values(cfg: Any, name: str = "trainer") -> None:
     _check_extra(dict(cfg.extra), name)
 
 
+def check_data_values(cfg: Any, name: str = "data") -> None:
+    """Normalisation and split seed (the rest is config.check_data_config and DataConfig itself)."""
+    for key in ("mean", "std"):
+        values = getattr(cfg, key)
+        if len(values) != 3 or not all(_number(v) for v in values):
+            raise RepFusionError(f"{name}.{key} must be three finite numbers (one per RGB channel), not {values}.")
+    if any(v <= 0 for v in cfg.std):
+        raise RepFusionError(f"{name}.std must be positive in every channel (pixels are divided by it), not "
+                             f"{list(cfg.std)}.")
+    if not _whole(cfg.split_seed) or cfg.split_seed < 0:
+        raise RepFusionError(f"{name}.split_seed must be a whole number >= 0, not {cfg.split_seed}.")
+
+
+SEED_LIMIT = 2**32 - 1  # numpy's seed range, which seed_everything seeds too
+
+
+def check_timesteps_values(cfg: Any, name: str = "timesteps") -> None:
+    """Weights, rates and durations of the timestep strategy that a sign error would silently invert."""
+    for key, low, what in (("entropy_weight", 0, ">= 0"), ("decay_epochs", 0, "> 0"),
+                           ("entropy_decay_epochs", 0, "> 0"), ("policy_lr_scale", 0, "> 0"),
+                           ("policy_warmup_epochs", 0, ">= 0"), ("entropy_floor", 0, ">= 0")):
+        if not hasattr(cfg, key):
+            continue
+        value = getattr(cfg, key)
+        strict = what.startswith(">") and not what.startswith(">=")
+        if not _number(value) or value < low or (strict and value == low):
+            raise RepFusionError(f"{name}.{key} must be a number {what}, not {value}.")
+    if hasattr(cfg, "baseline_momentum") and (not _number(cfg.baseline_momentum)
+                                              or not 0 <= cfg.baseline_momentum < 1):
+        raise RepFusionError(f"{name}.baseline_momentum must be in [0, 1), not {cfg.baseline_momentum}.")
+
+
 def check_run_config(config: Any) -> None:
-    """Every optimiser and Trainer section of a parsed run config (a dataclass of sections)."""
+    """Every optimiser, Trainer, data and timestep section of a parsed run config (a dataclass of sections),
+    and a distillation loss's weight."""
+    from .data.datamodule import DataConfig
     from .training import OptimConfig, TrainerConfig
 
     if not is_dataclass(config):
@@ -133,3 +167,12 @@ def check_run_config(config: Any) -> None:
             check_optim_config(section, f.name)
         elif isinstance(section, TrainerConfig):
             check_trainer_values(section, f.name)
+            if not _whole(section.seed) or not 0 <= section.seed <= SEED_LIMIT:
+                raise RepFusionError(f"{f.name}.seed must be a whole number in [0, {SEED_LIMIT}], not {section.seed}.")
+        elif isinstance(section, DataConfig):
+            check_data_values(section, f.name)
+        elif f.name == "timesteps" and is_dataclass(section):
+            check_timesteps_values(section, f.name)
+        elif f.name == "loss" and hasattr(section, "kd_weight") and (
+                not _number(section.kd_weight) or section.kd_weight < 0):
+            raise RepFusionError(f"{f.name}.kd_weight must be a number >= 0, not {section.kd_weight}.")
