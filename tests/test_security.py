@@ -173,3 +173,37 @@ def test_resume_over_a_checkpoint_with_pickled_code_is_one_sentence(tmp_path, ca
     assert "weights_only=True" in error_lines(err)[0]
     assert not marker.exists()
     assert not (run_dir / "config.yaml").exists()
+
+
+def _teacher_folder_with_bin(folder: Path, extra: object | None) -> Path:
+    from repfusion.teachers import default_scheduler, unet_from_preset
+
+    unet = unet_from_preset("tiny-16")
+    unet.save_pretrained(folder)
+    default_scheduler().save_pretrained(folder)
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    state = dict(unet.state_dict())
+    if extra is not None:
+        state["payload"] = extra
+    torch.save(state, folder / "diffusion_pytorch_model.bin")
+    return folder
+
+
+def test_teacher_folder_with_only_a_pickled_bin_says_it_is_pickled_and_refused(tmp_path, capsys):
+    """Issue 19, item 14: not diffusers' fetch line and 'Unable to load weights'; the code never runs."""
+    marker = tmp_path / "MARKER"
+    folder = _teacher_folder_with_bin(tmp_path / "teacher", RunsCode(f"touch {marker}"))
+    assert main(["layers", "--teacher", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a pickle that asks for more than tensors" in err and "posix.system" in err
+    assert "refuses it" in err and "weights_only=False" not in err and not marker.exists()
+    assert main(["probe", "--student", str(folder), "--out", str(tmp_path / "p")]) == 1  # not a student at all
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "does not describe a repfusion student" in err[0] and "permissions" not in err[0]
+
+
+def test_teacher_folder_with_a_plain_tensor_bin_still_loads(tmp_path):
+    from repfusion.teachers import DiffusionTeacher
+
+    folder = _teacher_folder_with_bin(tmp_path / "teacher", None)
+    assert DiffusionTeacher.from_source(str(folder)).kind == "unet"

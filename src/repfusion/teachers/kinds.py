@@ -42,7 +42,29 @@ def kind_from_index(index: dict[str, Any], source: str) -> str:
                          "pipeline with a UNet2DModel, a UNet2DConditionModel + VAE, or a DiT transformer + VAE.")
 
 
+def refuse_pickled_weights(path: Path, source: str) -> None:
+    """A model folder whose only weights are a `.bin` pickle that holds code: say so, and why it is refused,
+    instead of diffusers' fetch attempt and 'Unable to load weights'. Plain-tensor `.bin` files still load."""
+    import torch
+
+    from ..errors import torch_load_reason
+
+    for folder in (path, path / "unet", path / "transformer", path / "vae", path / "text_encoder"):
+        if not (folder / "config.json").is_file() or list(folder.glob("*.safetensors")):
+            continue
+        for weights in sorted(folder.glob("*.bin")):
+            try:
+                torch.load(weights, map_location="meta", weights_only=True)
+            except Exception as e:
+                if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
+                    raise RepFusionError(
+                        f"Teacher folder {source} holds its weights only as {weights.relative_to(path)}, a pickle "
+                        f"that asks for more than tensors ({torch_load_reason(e)}); loading it could run code, so "
+                        "repfusion refuses it: use a copy saved as safetensors (save_pretrained's default).") from None
+
+
 def _kind_of_folder(path: Path, source: str) -> str:
+    refuse_pickled_weights(path, source)
     if (path / "model_index.json").is_file():
         return kind_from_index(_read_json(path / "model_index.json"), source)
     for config, sub in ((path / "config.json", ""), (path / "unet" / "config.json", "unet/"),
