@@ -109,6 +109,12 @@ class UniformTimestep(TimestepStrategy):
 class DecayingTimestep(UniformTimestep):
     """The reference's option: T_max falls linearly (1000 -> 50 by epoch 100), then stays."""
 
+    def __init__(self, cfg: TimestepConfig, num_timesteps: int) -> None:
+        super().__init__(cfg, num_timesteps)
+        if not 1 <= cfg.t_max_end <= num_timesteps:  # else t would index past the schedule mid-training
+            raise RepFusionError(f"timesteps.t_max_end must lie in [1, {num_timesteps}] (the teacher's diffusion "
+                                 f"steps), not {cfg.t_max_end}.")
+
     def t_max(self, epoch: float) -> int:
         start = min(self.cfg.t_max or self.num_timesteps, self.num_timesteps)
         frac = min(1.0, epoch / max(self.cfg.decay_epochs, 1e-9))
