@@ -15,11 +15,13 @@ def _configured_run(verb: str, argv: list[str], schema: type, description: str, 
     Nothing is written until every check has passed: the runner builds everything, checks the resume
     checkpoint, and only then calls back to save the resolved config (on rank 0 only).
     """
+    from .checks import check_run_config
     from .config import check_resume_config, config_parser, parse_config, save_resolved
     from .io import check_writable_dir
 
     parser = config_parser(f"repfusion {verb}", schema, description)
     run = parse_config(parser, schema, argv)
+    check_run_config(run.config)  # optimiser and Trainer values Lightning would reject only once training starts
     run_dir = run.run_dir or Path("runs") / verb
     check_writable_dir(run_dir)
     if run.resume:
@@ -103,7 +105,8 @@ def _add_teacher_options(parser: argparse.ArgumentParser) -> None:
                         "auto | dataset | null | a class index (default auto: DiT's null class, else class 0; dataset "
                         "labels leak the label into the features).")
     parser.add_argument("--adm-flags", default="imagenet-64", help="ADM checkpoint's model flags: a preset "
-                        "(imagenet-64, imagenet-256, imagenet-256-uncond, lsun-256) or a JSON object of flags.")
+                        "(imagenet-64, imagenet-256, imagenet-256-uncond, lsun-256), a JSON object of flags, or "
+                        "guided-diffusion's MODEL_FLAGS string (\"--image_size 64 --num_channels 192 ...\").")
     parser.add_argument("--uncond-embedding", default=None, help="Latent teachers without a text encoder: file "
                         "with the empty-prompt embedding (default zeros, with a warning).")
 
@@ -123,7 +126,7 @@ def _teacher_options(args: argparse.Namespace) -> dict:
 
 def _probe(argv: list[str]) -> None:
     from .analysis.probe import ProbeConfig, run_probe
-    from .data import DataConfig, build_split
+    from .data import train_test_split
     from .teachers import DiffusionTeacher
 
     parser = argparse.ArgumentParser(prog="repfusion probe", description="What a teacher knows at each t (linear "
@@ -137,6 +140,8 @@ def _probe(argv: list[str]) -> None:
     parser.add_argument("--data", default="digits", help="digits | cifar | folder | tiny-imagenet")
     parser.add_argument("--root", default=None, help="Dataset folder (not needed for digits).")
     parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--split-seed", type=int, default=None, help="A folder without train/ and val/: seed of "
+                        "the test hold-out the training verbs draw (their data.split_seed; same default).")
     parser.add_argument("--timesteps", type=int, nargs="+", default=ProbeConfig().timesteps, help="Teacher only.")
     parser.add_argument("--modes", nargs="+", default=["clean", "noised"], choices=["clean", "noised"],
                         help="Teacher only.")
@@ -157,8 +162,8 @@ def _probe(argv: list[str]) -> None:
     out = args.out or "runs/probe"
     teacher = DiffusionTeacher.from_source(args.teacher, **_teacher_options(args))
     layers = args.layer or [teacher.default_layer]
-    data = DataConfig(source=args.data, root=args.root, image_size=args.image_size or teacher.sample_size)
-    train, test = build_split(data, train=True), build_split(data, train=False)
+    data = _probe_data(args, args.image_size or teacher.sample_size)
+    train, test = train_test_split(data)  # a folder without split sub-folders: the training verbs' hold-out
     sample = train[0][0]
     teacher.check_input((1, *sample.shape))
     bad = [t for t in args.timesteps if not 0 <= t < teacher.num_timesteps]
@@ -170,15 +175,27 @@ def _probe(argv: list[str]) -> None:
     print(f"Wrote {out}/probe.md, probe.json and probe.png")
 
 
+def _probe_data(args: argparse.Namespace, image_size: int | None):
+    """The probe's data section: the training verbs' defaults, so a single folder's hold-out is theirs."""
+    from .config import check_data_config
+    from .data import DataConfig
+
+    defaults = DataConfig()
+    data = DataConfig(source=args.data, root=args.root, image_size=image_size,
+                      split_seed=defaults.split_seed if args.split_seed is None else args.split_seed)
+    check_data_config(data)
+    return data
+
+
 def _probe_student(args: argparse.Namespace) -> None:
     from .analysis.student_probe import run_student_probe
-    from .data import DataConfig, build_split
+    from .data import train_test_split
 
     if args.layer is not None and len(args.layer) > 1:
         raise RepFusionError("A student is probed at one --layer; give a single layer name.")
     out = Path(args.out or "runs/student-probe")
-    data = DataConfig(source=args.data, root=args.root, image_size=args.image_size)
-    train, test = build_split(data, train=True), build_split(data, train=False)
+    data = _probe_data(args, args.image_size)
+    train, test = train_test_split(data)  # a folder without split sub-folders: the training verbs' hold-out
     print(f"Probing student {args.student} on {len(train)} train / {len(test)} test images")
     result = run_student_probe(args.student, train, test, out, layer=args.layer[0] if args.layer else None,
                                mean=args.mean, std=args.std, arch=args.arch, width=args.width, k=args.k)

@@ -4,7 +4,7 @@ and on-device augmentation (images alone, or with masks and keypoints)."""
 from .augment import BatchAugment, Normalize
 from .celebamask import celebamask
 from .cifar import cifar
-from .datamodule import DataConfig, ImageDataModule, build_split
+from .datamodule import DataConfig, ImageDataModule, build_split, train_test_split
 from .datasets import TensorImageDataset, image_folder
 from .digits import digits
 from .face_layout import PARSING_CLASSES, PARSING_FLIP_SWAPS, WFLW_ATTRIBUTES, WFLW_EYE_CORNERS, WFLW_FLIP_PAIRS
@@ -16,5 +16,6 @@ from .wflw import wflw
 __all__ = [
     "PARSING_CLASSES", "PARSING_FLIP_SWAPS", "WFLW_ATTRIBUTES", "WFLW_EYE_CORNERS", "WFLW_FLIP_PAIRS",
     "BatchAugment", "DataConfig", "ImageDataModule", "JointAugment", "Normalize", "TensorImageDataset",
-    "build_split", "celebamask", "cifar", "digits", "faces", "image_folder", "tiny_imagenet", "wflw",
+    "build_split", "celebamask", "cifar", "digits", "faces", "image_folder", "tiny_imagenet", "train_test_split",
+    "wflw",
 ]

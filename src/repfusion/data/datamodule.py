@@ -105,7 +105,7 @@ def build_split(config: DataConfig, train: bool) -> Dataset:
     if not train and not split_dir.exists() and (root / "test").exists():
         split_dir = root / "test"
     if (root / "train").is_dir():
-        return image_folder(split_dir, config.image_size or 32)
+        return image_folder(split_dir, config.image_size or 32, within=root)
     return image_folder(root, config.image_size or 32)  # no split folders: val_fraction carves one out
 
 
@@ -113,6 +113,34 @@ def _holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     cut = max(1, round(n * fraction))
     return order[cut:], order[:cut]
+
+
+SINGLE_FOLDER_TEST = 0.2  # share of a split-less folder held out as its test split
+
+
+def single_folder(config: DataConfig) -> bool:
+    """A `folder` source without train/ (and val/ or test/) sub-folders: its test split is a seeded hold-out."""
+    return config.source == "folder" and not (Path(config.root or ".") / "train").is_dir()
+
+
+def train_test_split(config: DataConfig) -> tuple[Dataset, Dataset]:
+    """The training and test images of a source, as every verb sees them (before any validation hold-out).
+
+    A folder without split sub-folders has no test split of its own: 20 % of its images, drawn with
+    data.split_seed, are the test split and the rest the training split (from which data.val_fraction is
+    then held out for validation), the same images
+    for the training verbs and `repfusion probe`, so nothing is scored on the images it was fitted on.
+    """
+    full_train = build_split(config, train=True)
+    if len(full_train) == 0:
+        raise RepFusionError(f"The training split of data source '{config.source}' is empty; check data.root.")
+    if single_folder(config):
+        if len(full_train) < 2:
+            raise RepFusionError(f"Dataset folder {config.root} holds one image, too few to hold any out for "
+                                 "testing; add images or give train/ and val/ sub-folders.")
+        train_idx, test_idx = _holdout(len(full_train), SINGLE_FOLDER_TEST, config.split_seed)
+        return Subset(full_train, train_idx), Subset(full_train, test_idx)
+    return full_train, build_split(config, train=False)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -132,18 +160,8 @@ class ImageDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         cfg = self.config
-        full_train = build_split(cfg, train=True)
-        if len(full_train) == 0:
-            raise RepFusionError(f"The training split of data source '{cfg.source}' is empty; check data.root.")
-        single_folder = cfg.source == "folder" and not (Path(cfg.root or ".") / "train").is_dir()
-        if single_folder:
-            fraction = cfg.val_fraction or 0.2
-            train_idx, test_idx = _holdout(len(full_train), fraction, cfg.split_seed)
-            self.test_set = Subset(full_train, test_idx)
-            full_train = Subset(full_train, train_idx)
-        else:
-            self.test_set = build_split(cfg, train=False)
-        if cfg.val_fraction > 0 and not single_folder:
+        full_train, self.test_set = train_test_split(cfg)
+        if cfg.val_fraction > 0 and len(full_train) > 1:
             train_idx, val_idx = _holdout(len(full_train), cfg.val_fraction, cfg.split_seed)
             self.train_set, self.val_set = Subset(full_train, train_idx), Subset(full_train, val_idx)
         else:
