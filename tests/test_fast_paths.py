@@ -4,8 +4,12 @@ Tolerances: bf16 keeps 8 bits of mantissa (a relative rounding of 2^-8 = 0.4 % p
 roundings through L layers add up like a random walk, 0.4 % x sqrt(L): the tiny teacher's ~10 convolutions
 and group norms give ~1.3 % (measured 1.6 %), the student's 17 convolutions with batch-statistics BatchNorm
 over 8 images ~1.6 % and more (measured 3.1 %), so bf16 must agree within 5e-2 relative, and the loss
-likewise. Compilation and channels-last change only the order of fp32 sums (relative rounding 6e-8 per
-operation), so they must agree within 1e-5 relative.
+likewise. Compilation and channels-last change only the order of fp32 sums (relative rounding u = 2^-24 =
+6e-8 per operation): a convolution output is a sum of K = 9 * C_in products (K <= 1152 here), which a reordering
+moves by about sqrt(K) * u (at most K * u = 7e-5) relative to the sum of its magnitudes, and the student's
+17 layers, with batch-statistics BatchNorm dividing by standard deviations over 8 images, add these up like a
+random walk and amplify them: measured 1.01e-5 relative on an AMD EPYC, under 1e-5 on AMX. They must agree within
+5e-5 relative: 5x the largest measured, and 1000x below bf16's error, what a real precision change does.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from repfusion.distill.run import DistillRun, StudentSection, TeacherSection, bu
 from repfusion.ema import ema_tensors
 from repfusion.errors import RepFusionError
 from repfusion.fastpath import FastPaths, apply_fast_paths, autocast_context, resolve_fast_paths
-from repfusion.runstate import EpochSampler
+from repfusion.run import EpochSampler
 from repfusion.training import NonFiniteLossGuard, TrainerConfig, check_trainer_config
 
 CPU = torch.device("cpu")
@@ -88,8 +92,8 @@ def test_channels_last_gives_the_same_features_and_first_loss(batch, plain):
     module = distillation()
     teacher, student, loss = first_step(module, FastPaths("32-true", True, False), *batch)
     assert module.student.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert relative(teacher, plain[0]) < 1e-5 and relative(student, plain[1]) < 1e-5
-    assert abs(float(loss) - float(plain[2])) / abs(float(plain[2])) < 1e-5
+    assert relative(teacher, plain[0]) < 5e-5 and relative(student, plain[1]) < 5e-5  # see the module docstring
+    assert abs(float(loss) - float(plain[2])) / abs(float(plain[2])) < 5e-5
 
 
 def test_compile_gives_the_same_features_loss_and_checkpoint_keys(batch, plain, monkeypatch):

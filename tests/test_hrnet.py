@@ -64,8 +64,9 @@ def test_save_pretrained_round_trip(tmp_path):
     loaded = load_student(tmp_path).eval()
     assert isinstance(loaded, HRNet)
     assert loaded.config.arch == "hrnetv2_w18" and loaded.config.width == 0.125 and loaded.config.num_classes == 3
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
     x = torch.randn(2, 3, 32, 32)
-    assert torch.equal(model(x), loaded(x))
+    assert torch.equal(model(x), loaded(x))  # exact: load_student gives loaded weights aligned storage of their own
 
 
 def test_layers_listing_names_the_representation():

@@ -116,14 +116,17 @@ def test_a_kill_in_the_export_resumes_to_the_same_student(finished, tmp_path, ca
     run_dir = tmp_path / "run"
     shutil.copytree(finished, run_dir)
     shutil.rmtree(run_dir / "student")
-    staging = run_dir / ".student.killed"  # what a kill in the middle of the export leaves
+    staging = run_dir / ".~repfusion-student.k1ll3d.staging"  # what a kill in the middle of the export leaves
     staging.mkdir()
     (staging / "config.json").write_text("{")
+    users = user_files(run_dir)
     assert main(["distill", "--run-dir", str(run_dir), "--resume", *RUN]) == 0
     assert "end of training" in capsys.readouterr().err
     ours, reference = student(run_dir), student(finished)
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
     assert not staging.exists() and global_step(run_dir) == 6
+    assert (run_dir / "metrics.csv").read_text() == (finished / "metrics.csv").read_text()
+    assert all(path.exists() for path in users)  # the tidy-up removed only what the tool itself had made
 
 
 @pytest.mark.parametrize("change", [
@@ -159,7 +162,8 @@ def test_outputs_have_the_permissions_of_a_normal_write(finished):
     for path in [finished, *finished.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
-    assert [p.name for p in finished.rglob(".*")] == []  # no staging folder or temporary file left
+    # no staging folder or temporary file left; the run folder's lock file stays (see repfusion.run.lock)
+    assert [str(p.relative_to(finished)) for p in finished.rglob(".*")] == [".repfusion.lock"]
 
 
 def test_folder_swap_interrupted_between_renames_is_recovered(tmp_path, monkeypatch):
@@ -175,7 +179,7 @@ def test_folder_swap_interrupted_between_renames_is_recovered(tmp_path, monkeypa
 
     def killed_after_first_rename(src, dst):
         real_replace(src, dst)
-        if Path(dst).name == ".student.old":
+        if Path(dst).name == ".~repfusion-student.old":
             raise KeyboardInterrupt  # the kill, between the two renames
 
     monkeypatch.setattr(io.os, "replace", killed_after_first_rename)
@@ -198,18 +202,34 @@ def test_folder_swap_is_one_atomic_exchange_and_tidy_removes_leftovers(tmp_path)
     (new / "w").write_text("new")
     io.replace_dir(new, final)
     assert (final / "w").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    (tmp_path / ".model.abc123").mkdir()  # staging folder of a killed export
+    (tmp_path / ".~repfusion-model.abc123.staging").mkdir()  # staging folder of a killed export
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / ".last.ckpt.x1y2.tmp").write_bytes(b"partial")  # a checkpoint write cut short
-    (tmp_path / ".metrics.csv.q.tmp").write_text("partial")
+    (tmp_path / "checkpoints" / ".~repfusion-last.ckpt.x1y2.tmp").write_bytes(b"partial")  # a checkpoint write cut
+    (tmp_path / ".~repfusion-metrics.csv.q.tmp").write_text("partial")
+    users = user_files(tmp_path)
     io.tidy_run_dir(tmp_path)
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["checkpoints", "model", "model/w"]
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == sorted(["checkpoints", "model", "model/w", *(str(p.relative_to(tmp_path)) for p in users)])
+
+
+def user_files(run_dir: Path) -> list[Path]:
+    """Files and folders of a user's in a run folder, named like what the tool used to tidy (issue 19, item 6)."""
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    made = [run_dir / ".draft.tmp", run_dir / ".model.backup-2024" / "weights.bin", run_dir / ".teacher.pretrained",
+            run_dir / "checkpoints" / ".important.tmp", run_dir / ".student.old" / "w", run_dir / ".repfusion-notes.tmp"]
+    for path in made:
+        if path.suffix or path.name == "w":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("mine")
+        else:
+            path.mkdir()
+    return [*made, run_dir / ".model.backup-2024", run_dir / ".student.old"]
 
 
 def test_checkpoints_are_written_beside_their_file_not_in_the_system_temp_folder(tmp_path, monkeypatch):
     import tempfile
 
-    from repfusion.runstate import AtomicCheckpointIO
+    from repfusion.run import AtomicCheckpointIO
 
     used = []
     real = tempfile.mkstemp
@@ -223,7 +243,7 @@ def test_only_rank_zero_writes_the_config_and_prints(tmp_path, monkeypatch, caps
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from repfusion import cli
-    from repfusion.runstate import prepare_run
+    from repfusion.run import prepare_run
 
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     written = []
@@ -234,3 +254,28 @@ def test_only_rank_zero_writes_the_config_and_prints(tmp_path, monkeypatch, caps
     prepare_run(tmp_path / "run", False, None, lambda: written.append(1))
     cli._say("Distilled student saved")
     assert written == [1] and "saved" in capsys.readouterr().out
+
+
+FINETUNE = ["finetune", "--init", "null", "--student.width", "0.125", "--data.batch_size", "16", "--trainer.progress",
+            "false", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches",
+            "1"]
+
+
+def test_finetune_resumed_after_its_end_keeps_every_metrics_row(tmp_path, capsys):
+    """Issue 19, item 5: a finished run (or one killed in its export) resumed with --resume kept only the test
+    row, at epoch 0 and step 0; now metrics.csv is the uninterrupted run's, row for row."""
+    reference = tmp_path / "reference"
+    assert main([*FINETUNE, "--run-dir", str(reference)]) == 0
+    rows = (reference / "metrics.csv").read_text().splitlines()
+    assert len(rows) > 3 and "test/" in rows[0]
+    for case in ("killed in the export", "finished"):
+        run_dir = tmp_path / case.replace(" ", "-")
+        shutil.copytree(reference, run_dir)
+        if case == "killed in the export":
+            shutil.rmtree(run_dir / "model")
+            (run_dir / ".~repfusion-model.x7.staging").mkdir()
+        capsys.readouterr()
+        assert main([*FINETUNE, "--run-dir", str(run_dir), "--resume"]) == 0
+        assert "end of training" in capsys.readouterr().err
+        assert (run_dir / "metrics.csv").read_text().splitlines() == rows, case
+        assert (run_dir / "model").is_dir() and not (run_dir / ".~repfusion-model.x7.staging").exists()

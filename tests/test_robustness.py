@@ -274,3 +274,19 @@ def test_wrong_channel_count_for_the_teacher(tmp_path, capsys):
     default_scheduler().save_pretrained(folder)
     assert main(["distill", "--teacher.source", str(folder), *SMALL]) == 1
     assert "1-channel images but the data have 3 channels" in capsys.readouterr().err
+
+
+def test_an_error_after_the_trainer_is_built_is_the_only_line_on_stderr(tmp_path):
+    """Issue 19, item 3: no Lightning INFO lines ("GPU available", the LitLogger tip, "limit_val_batches was
+    configured") and no diffusers advice to install accelerate before the one `error:` line of a verb."""
+    teacher = tmp_path / "teacher"
+    from repfusion.teachers.loading import unet_from_preset
+
+    unet_from_preset("tiny-16").save_pretrained(teacher)  # loaded with from_pretrained, as users' teachers are
+    done = subprocess.run(cli("distill", "--run-dir", str(tmp_path / "run"), *SMALL, "--teacher.source", str(teacher),
+                              "--timesteps.strategy", "fixed", "--optim.lr", "1e30", "--trainer.max_epochs", "1",
+                              "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: The training loss became nan"), done.stderr[-2000:]

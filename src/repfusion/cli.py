@@ -33,7 +33,7 @@ def _configured_run(verb: str, argv: list[str], schema: type, description: str, 
 
 def _say(message: str) -> None:
     """The final line of a verb, printed by rank 0 only in a multi-process run."""
-    from .runstate import is_rank_zero
+    from .run import is_rank_zero
 
     if is_rank_zero():
         print(message)

@@ -14,20 +14,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsing_settings
 
 from .errors import RepFusionError, closest
 from .io import write_text
+from .jsondata import JSONScalar, JSONValue  # noqa: F401  (re-exported: the type of free-form fields)
 
 T = TypeVar("T")
-
-# Plain JSON data: what a free-form config field (trainer.extra, loss.options) may hold. Never `Any`, for
-# which jsonargparse would instantiate a `class_path` it is given.
-JSONScalar = Union[bool, int, float, str, None]
-JSONValue = Union[JSONScalar, list[JSONScalar], dict[str, JSONScalar]]
 
 CLASS_KEYS = ("class_path", "init_args", "dict_kwargs")
 

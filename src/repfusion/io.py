@@ -2,7 +2,9 @@
 
 Temporary files and staging folders live beside their target (so the final rename is atomic) and are
 given the permissions a plain `open`/`mkdir` would give (0666/0777 less the umask), not mkstemp's 0600.
-`tidy_run_dir` removes what a killed process left behind and finishes an interrupted folder swap.
+Every name the tool makes for them starts with `OWN_PREFIX` (`.~repfusion-`), so `tidy_run_dir`, which
+removes what a killed process left behind and finishes an interrupted folder swap, removes only those and
+never a file of the user's (a `.draft.tmp`, a `.model.backup/` folder).
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from safetensors.torch import load_file, save_file
 from .errors import RepFusionError, torch_load_reason
 
 
-TMP_SUFFIX = ".tmp"
+OWN_PREFIX = ".~repfusion-"  # every temporary name the tool makes starts with it; nothing else is ever tidied
+TMP_SUFFIX = ".tmp"  # temporary files: OWN_PREFIX + target name + "." + random + TMP_SUFFIX
+STAGING_SUFFIX = ".staging"  # staging folders of exports: OWN_PREFIX + name + "." + random + STAGING_SUFFIX
+OLD_SUFFIX = ".old"  # the previous export during a two-rename swap: OWN_PREFIX + name + OLD_SUFFIX
 
 
 def current_umask() -> int:
@@ -48,7 +53,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)` then rename onto `path` (same folder, so the rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{OWN_PREFIX}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         _normal_mode(tmp)
@@ -147,14 +152,14 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _backup_name(final_dir: Path) -> Path:
-    return final_dir.with_name(f".{final_dir.name}.old")
+    return final_dir.with_name(f"{OWN_PREFIX}{final_dir.name}{OLD_SUFFIX}")
 
 
 def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
     """Move a fully written folder into place so that `final_dir` always names a complete folder.
 
     Over an existing folder the two are exchanged in one atomic step where the system allows it (Linux);
-    elsewhere the old folder is first renamed to `.NAME.old`, which `tidy_run_dir` renames back if a kill
+    elsewhere the old folder is first renamed to `.~repfusion-NAME.old`, which `tidy_run_dir` renames back if a kill
     falls between the two renames. The old content is removed last.
     """
     final_dir, tmp_dir = Path(final_dir), Path(tmp_dir)
@@ -181,32 +186,40 @@ def staging_dir(final_dir: str | os.PathLike) -> Path:
     """A fresh temporary folder beside `final_dir`, for `replace_dir` once everything is written."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", dir=final_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{OWN_PREFIX}{final_dir.name}.", suffix=STAGING_SUFFIX,
+                                dir=final_dir.parent))
     _normal_mode(tmp, directory=True)
     return tmp
 
 
-def tidy_run_dir(run_dir: str | os.PathLike, exports: tuple[str, ...] = ("student", "model", "teacher")) -> list[Path]:
+def tidy_run_dir(run_dir: str | os.PathLike) -> list[Path]:
     """Undo what a killed process left in a run folder: finish an interrupted folder swap, remove staging
-    folders of unfinished exports and temporary files of unfinished writes. Returns what was removed."""
+    folders of unfinished exports and temporary files of unfinished writes. Returns what was removed.
+
+    Only names the tool makes are touched (`OWN_PREFIX` + target + the suffix of their kind), in the run
+    folder and its checkpoints/; anything else, hidden or not, is the user's and stays."""
     run_dir = Path(run_dir)
     removed: list[Path] = []
-    if not run_dir.is_dir():
-        return removed
-    for name in exports:
-        final, backup = run_dir / name, _backup_name(run_dir / name)
-        if backup.is_dir() and not final.exists():
-            os.replace(backup, final)  # killed between the two renames: the old export is still whole
-        for stale in run_dir.glob(f".{name}.*"):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-                removed.append(stale)
     for folder in (run_dir, run_dir / "checkpoints"):
-        if folder.is_dir():
-            for stale in folder.glob(f".*{TMP_SUFFIX}"):
-                if stale.is_file():
-                    stale.unlink(missing_ok=True)
-                    removed.append(stale)
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            name = entry.name
+            if not name.startswith(OWN_PREFIX) or entry.is_symlink():
+                continue
+            if name.endswith(OLD_SUFFIX) and entry.is_dir():
+                final = folder / name[len(OWN_PREFIX):-len(OLD_SUFFIX)]
+                if not final.exists():
+                    os.replace(entry, final)  # killed between the two renames: the old export is still whole
+                    continue
+                shutil.rmtree(entry, ignore_errors=True)  # killed after the swap, before the old one was removed
+            elif name.endswith(STAGING_SUFFIX) and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif name.endswith(TMP_SUFFIX) and entry.is_file():
+                entry.unlink(missing_ok=True)
+            else:
+                continue
+            removed.append(entry)
     return removed
 
 
@@ -221,7 +234,7 @@ def check_writable_dir(folder: str | os.PathLike, what: str = "--run-dir") -> No
     if not probe.is_dir():
         raise RepFusionError(f"{what} {folder} cannot be created because {probe} is a file; give another path.")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".write-check.", suffix=TMP_SUFFIX, dir=probe)
+        fd, tmp = tempfile.mkstemp(prefix=f"{OWN_PREFIX}write-check.", suffix=TMP_SUFFIX, dir=probe)
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:

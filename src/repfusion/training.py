@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Iterable
@@ -14,12 +15,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
 from .ema import EMA
-from .config import JSONValue
 from .errors import RepFusionError
 from .fastpath import ApplyFastPaths, check_fast_paths, resolve_fast_paths
-from .runstate import AtomicCheckpointIO, EpochCheckpoint, RunCSVLogger, RunState, nonfinite_message
-from .runstate import prepare_run as prepare_run, restore_finished as restore_finished  # the runners' entry
-from .runstate import resume_path as resume_path  # points
+from .jsondata import JSONValue
+from .run import AtomicCheckpointIO, EpochCheckpoint, RunCSVLogger, RunState, nonfinite_message
+from .run import prepare_run as prepare_run, restore_finished as restore_finished  # the runners' entry
+from .run import resume_path as resume_path  # points
 
 
 @dataclass
@@ -283,8 +284,23 @@ QUIET_WARNINGS = (
     ".*Checkpoint directory.*exists and is not empty.*",
     ".*sync_dist=True.*",
     ".*Experiment logs directory.*",
-    ".*your dataloader is not resumable.*",  # it is: runstate.EpochSampler skips the batches already trained
+    ".*your dataloader is not resumable.*",  # it is: run.EpochSampler skips the batches already trained
 )
+
+
+# Lightning's INFO lines ("GPU available: ...", "`Trainer(limit_val_batches=1)` was configured ...") and its
+# promotional tips about LitLogger/litmodels: a verb's stderr holds its own notes and, on bad input, one
+# `error:` line only. Lightning's warnings (the `warnings` module) still show, minus QUIET_WARNINGS.
+QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed")
+
+
+def quiet_lightning() -> None:
+    """Lightning's INFO logging off (WARNING and above still show); called by `build_trainer`."""
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "max",
@@ -312,6 +328,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
     cbs += callbacks or []
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message)
+    quiet_lightning()
     return pl.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.max_epochs,

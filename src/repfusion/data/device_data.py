@@ -3,7 +3,7 @@
 For CIFAR, digits and any other `TensorImageDataset` (also behind `Subset`s) the loader is replaced by
 `DeviceBatches`: the images move to the device once, and a batch is one gather (`images[index]`) instead
 of per-image `__getitem__` calls, a collate and a host-to-device copy. The order is the same sampler's
-(`runstate.EpochSampler` when training), so batches, a resumed epoch and the numbers are those of the
+(`run.EpochSampler` when training), so batches, a resumed epoch and the numbers are those of the
 DataLoader it replaces. Datasets read from files, and items with dict targets, keep the DataLoader.
 """
 

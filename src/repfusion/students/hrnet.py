@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin
+from diffusers import ConfigMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..errors import RepFusionError, unknown_name_error
+from ..pretrained import PretrainedModel
 from .resnet import BasicBlock, Bottleneck, scaled
 
 # arch -> (base width C: branches are C, 2C, 4C, 8C; modules per stage 2..4; blocks per branch)
@@ -105,7 +106,7 @@ class Representation(nn.Module):
                                     for x in xs[1:]], dim=1)
 
 
-class HRNet(ModelMixin, ConfigMixin):
+class HRNet(PretrainedModel, ConfigMixin):
     """HRNetV2 backbone (+ optional linear classifier on the pooled representation when num_classes > 0).
 
     Args:

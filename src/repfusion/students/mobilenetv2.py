@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from diffusers import ConfigMixin, ModelMixin
+from diffusers import ConfigMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..errors import unknown_name_error
+from ..pretrained import PretrainedModel
 
 # expansion t, channels c, repeats n, stride s (torchvision / the MobileNetV2 paper)
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
@@ -38,7 +39,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_residual else self.conv(x)
 
 
-class MobileNetV2(ModelMixin, ConfigMixin):
+class MobileNetV2(PretrainedModel, ConfigMixin):
     """MobileNetV2 backbone (+ optional classifier). Below width 1 the last 1x1 conv shrinks too."""
 
     config_name = "config.json"

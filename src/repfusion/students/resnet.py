@@ -7,11 +7,12 @@ what users know. `width` scales every stage's channels for CPU-sized experiments
 from __future__ import annotations
 
 import torch
-from diffusers import ConfigMixin, ModelMixin
+from diffusers import ConfigMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..errors import unknown_name_error
+from ..pretrained import PretrainedModel
 
 
 def scaled(channels: int, width: float) -> int:
@@ -74,7 +75,7 @@ RESNET_ARCHS: dict[str, tuple[str, tuple[int, ...], str]] = {
 }
 
 
-class ResNet(ModelMixin, ConfigMixin):
+class ResNet(PretrainedModel, ConfigMixin):
     """ResNet backbone (+ optional linear classifier when num_classes > 0).
 
     Args:
