@@ -98,12 +98,13 @@ class Capture(pl.Callback):
 
 def test_checkpoint_holds_the_average_and_resume_restores_it_exactly(tmp_path):
     cfg = small_finetune(0.999, epochs=1)
-    run_finetune(cfg, tmp_path)
+    kept = run_finetune(cfg, tmp_path)["weights"]
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     ema = ckpt["ema"]
-    # after fit the module holds the average, so the exported model is the checkpoint's state_dict
+    # the exported model is the checkpoint's average or its training weights, whichever validated better
     exported = load_tensors(tmp_path / "model" / "diffusion_pytorch_model.safetensors")
-    torch.testing.assert_close(exported["conv1.weight"], ckpt["state_dict"]["model.conv1.weight"])
+    source = ckpt["state_dict"] if kept == "ema" else ema["training_weights"]
+    torch.testing.assert_close(exported["conv1.weight"], source["model.conv1.weight"])
     assert ema["updates"] == ckpt["global_step"] > 0 and ema["decay"] == 0.999
     names = list(ema["training_weights"])
     assert "model.conv1.weight" in names and "model.bn1.running_var" in names
@@ -161,3 +162,34 @@ def test_interrupted_and_resumed_run_ends_with_the_same_average(tmp_path):
         fit_small(tmp_path / "killed", False, [StopAtStep(7)])
     resumed = fit_small(tmp_path / "killed", True, []).state_dict()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_keep_better_validates_both_weights_and_keeps_the_better():
+    from torch import nn
+
+    from repfusion.ema import keep_better
+
+    net = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)  # the module holds the average
+    raw = {"weight": torch.full((1, 2), 3.0)}
+    score = lambda: float(net.weight.sum())  # noqa: E731  higher = better here
+    assert keep_better(net, raw, score, "max") == "raw" and float(net.weight.sum()) == 6.0
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    assert keep_better(net, raw, score, "min") == "ema" and float(net.weight.sum()) == 2.0  # average restored
+    assert keep_better(net, {}, score, "max") == "ema"
+
+
+def test_a_finetune_says_which_weights_it_tested_and_exported(tmp_path):
+    import json
+
+    from repfusion.cli import main
+
+    assert main(["finetune", "--init", "null", "--data.source", "digits", "--data.image_size", "16",
+                 "--data.train_limit", "96", "--data.batch_size", "32", "--student.width", "0.125",
+                 "--trainer.max_epochs", "2", "--trainer.progress", "false", "--run-dir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["weights"] in ("ema", "raw")
+    rows = (tmp_path / "metrics.csv").read_text().strip().splitlines()
+    assert max(int(r.split(",")[0]) for r in rows[1:]) <= 2  # the choice's validations are not logged as epochs

@@ -115,3 +115,16 @@ def test_dense_hint_on_the_coarser_grid_pools_the_teacher_to_the_student_map():
     assert torch.allclose(upsampled(student, teacher), F.mse_loss(adapted, teacher))
     with pytest.raises(RepFusionError, match="loss.grid must be 'teacher' or 'coarser'"):
         build_loss("hint", (8, 4, 4), (16, 16, 16), mode="dense", grid="finer")
+
+
+@pytest.mark.parametrize("grid", ["teacher", "coarser"])
+def test_a_finer_student_map_is_area_pooled_so_every_position_gets_gradient(grid):
+    """A 64x64 student map (HRNetV2-W18) against an 8x8 teacher: bilinear shrinking would train 256 of 4,096
+    positions; area pooling trains all of them, with the mean of each 8x8 cell as the compared value."""
+    student = torch.randn(2, 6, 64, 64, requires_grad=True)
+    teacher = torch.randn(2, 4, 8, 8)
+    loss = build_loss("hint", (6, 64, 64), (4, 8, 8), mode="dense", grid=grid)
+    loss(student, teacher).backward()
+    assert bool((student.grad.abs().sum((0, 1)) > 0).all())
+    expected = F.mse_loss(F.avg_pool2d(loss.adapter(student), 8), teacher)
+    assert torch.allclose(loss(student, teacher), expected, atol=1e-6)

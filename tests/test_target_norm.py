@@ -45,15 +45,24 @@ def test_first_visit_uses_exact_batch_statistics_and_running_average_is_cumulati
 def test_a_bin_seen_once_borrows_the_pooled_variance():
     norm = PerTimestepStandardizer(2, 1000, bins=10, prior_images=16)
     t = torch.cat([torch.full((63,), 5), torch.tensor([950])])
-    out = norm(torch.randn(64, 2), t)
-    assert torch.isfinite(out).all() and out[-1].abs().max() < 1e-3  # its own mean, the pooled scale
+    x = torch.randn(64, 2)
+    norm(x, t)
+    norm.eval()
+    out = norm(x, t)
+    pooled_var = (63 * norm.var[0] + norm.var[9]) / 64  # bin 9's single image has zero variance of its own
+    expected_var = (1 * norm.var[9] + 16 * pooled_var) / 17
+    assert torch.isfinite(out).all() and out[-1].abs().max() < 1e-3  # its own mean
+    assert torch.allclose(norm.bin_variance(torch.tensor([9]))[0], expected_var)
 
 
 def test_pooled_statistics_give_the_pooled_target_unit_variance():
     maps = torch.randn(512, 3, 1, 1) * 0.1 + torch.randn(512, 3, 8, 8)  # weak image signal, strong spatial noise
     t = torch.zeros(512, dtype=torch.long)
-    pooled = PerTimestepStandardizer(3, 1000, bins=1, pooled=True)(maps, t).mean((2, 3))
-    dense = PerTimestepStandardizer(3, 1000, bins=1, pooled=False)(maps, t).mean((2, 3))
+    pooled_norm, dense_norm = (PerTimestepStandardizer(3, 1000, bins=1, pooled=p) for p in (True, False))
+    for norm in (pooled_norm, dense_norm):
+        norm(maps, t)  # statistics first; a batch is standardised by what came before it
+        norm.eval()
+    pooled, dense = pooled_norm(maps, t).mean((2, 3)), dense_norm(maps, t).mean((2, 3))
     assert (pooled.std(0) - 1).abs().max() < 0.05 and dense.std(0).max() < 0.3
 
 
@@ -72,6 +81,7 @@ def test_unseen_bin_borrows_nearest_seen_in_eval_and_state_round_trips():
 def test_dense_maps_keep_their_spatial_structure():
     norm = PerTimestepStandardizer(2, 1000, bins=4, pooled=False)
     maps = torch.randn(8, 2, 4, 4)
+    norm(maps, torch.zeros(8, dtype=torch.long))
     out = norm(maps, torch.zeros(8, dtype=torch.long))
     assert out.shape == maps.shape
     ratio = (out - out.mean()) / (maps - maps.mean(dim=(0, 2, 3), keepdim=True))
@@ -104,3 +114,18 @@ def test_large_means_do_not_lose_the_variance():
     for _ in range(4):
         norm(torch.randn(256, 1) * 0.01 + 3000, torch.zeros(256, dtype=torch.long))
     assert 0.7e-4 < norm.var[0, 0] < 1.3e-4
+
+
+def test_a_batch_is_standardised_by_the_statistics_from_before_it():
+    """One image first visiting a bin must not be standardised by its own statistics (an all-zero target)."""
+    norm = PerTimestepStandardizer(3, 1000, bins=10)
+    first = torch.randn(32, 3) * 2 + 5
+    norm(first, torch.full((32,), 5))  # bin 0 now has statistics
+    mean, std = norm.mean[0].clone(), (norm.bin_variance(torch.tensor([0])) + norm.eps).sqrt()
+    single = torch.tensor([[1.0, 9.0, -4.0]])
+    out = norm(single, torch.tensor([950]))  # bin 9: never seen, borrows bin 0's statistics
+    assert not torch.allclose(out, torch.zeros_like(out))
+    assert torch.allclose(out, (single - mean) / std, atol=1e-5)
+    assert norm.seen[9] == 1  # and only then folded in
+    again = norm(torch.randn(8, 3), torch.full((8,), 5))
+    assert again.shape == (8, 3)

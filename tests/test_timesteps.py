@@ -1,3 +1,4 @@
+import math
 import pytest
 import torch
 
@@ -6,7 +7,7 @@ from repfusion.distill.timesteps import TimestepConfig, build_strategy
 from repfusion.errors import RepFusionError
 
 IMAGES = torch.zeros(512, 3, 16, 16)
-PAPER = dict(policy_bins=1000, advantage="raw", policy_warmup_epochs=0.0)  # the paper's policy options
+PAPER = dict(policy_bins=1000, advantage="raw", policy_warmup_epochs=0.0, entropy_floor=0.0, head_uniform_t=False)  # the paper's policy options
 
 
 def test_fixed_and_uniform():
@@ -26,7 +27,7 @@ def test_decay_lowers_t_max_linearly():
 
 
 def test_entropy_weight_decays_to_zero():
-    policy = build_strategy(TimestepConfig(entropy_weight=0.1, entropy_decay_epochs=100), 1000)
+    policy = build_strategy(TimestepConfig(entropy_weight=0.1, entropy_decay_epochs=100, **PAPER), 1000)
     assert [policy.entropy_weight(e) for e in (0, 50, 100, 150)] == pytest.approx([0.1, 0.05, 0.0, 0.0])
 
 
@@ -94,3 +95,27 @@ def test_improved_policy_finds_the_band_with_the_papers_entropy_weight():
     trace = train_policy_on_band("none", lr=0.01, steps=150, seed=1, entropy_weight=0.1, policy_bins=20,
                                  advantage="normalized")
     assert trace[0] < 0.2 and trace[-1] > 0.8
+
+
+def test_entropy_weight_decays_from_the_end_of_the_warm_up_to_its_floor():
+    policy = build_strategy(TimestepConfig(entropy_weight=0.1, entropy_decay_epochs=4, policy_warmup_epochs=1.0,
+                                           entropy_floor=0.02), 1000)
+    assert [policy.entropy_weight(e) for e in (0, 1, 3, 5, 9)] == pytest.approx([0.1, 0.1, 0.05, 0.02, 0.02])
+
+
+def test_a_reward_with_no_signal_leaves_the_policy_near_uniform():
+    """Rewards that do not depend on t give REINFORCE nothing to follow: with our defaults (normalised
+    advantage, entropy floor) the policy must stay spread over the bins instead of drifting onto one."""
+    torch.manual_seed(0)
+    policy = build_strategy(TimestepConfig(entropy_weight=0.1, entropy_decay_epochs=1, policy_warmup_epochs=0.0), 1000)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.05, momentum=0.9)
+    for step in range(300):
+        x = torch.randn(32, 3, 32, 32)
+        draw = policy.sample(x, step / 30)
+        loss, _ = policy.policy_loss(draw, torch.randn(32), step / 30)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    probs = policy.distribution(torch.randn(256, 3, 32, 32)).probs.mean(0)
+    entropy = -(probs * probs.log()).sum()
+    assert entropy > 0.9 * math.log(20) and probs.max() < 0.15

@@ -22,9 +22,20 @@ Shape = Sequence[int]
 
 
 def resize_to(feature: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    if tuple(feature.shape[-2:]) == tuple(size):
+    """Bilinear up, area-pooled down: every position of a finer map contributes (and gets gradient).
+
+    Plain bilinear shrinking reads 4 positions per output, so a 64x64 map brought to 8x8 would train 256
+    of its 4,096 positions; antialiased resizing covers mixed cases (finer in one axis, coarser in the other).
+    """
+    size = tuple(size)
+    height, width = feature.shape[-2:]
+    if (height, width) == size:
         return feature
-    return F.interpolate(feature, size=tuple(size), mode="bilinear", align_corners=False)
+    if height >= size[0] and width >= size[1]:
+        return F.adaptive_avg_pool2d(feature, size)
+    if height <= size[0] and width <= size[1]:
+        return F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(feature, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def _require_maps(name: str, student: Shape, teacher: Shape) -> None:
@@ -69,9 +80,7 @@ class AdaptedLoss(nn.Module):
         if self.mode == "pooled":
             return pooled(adapted), pooled(teacher.detach())
         teacher = teacher.detach()
-        if tuple(teacher.shape[-2:]) != self.teacher_size:
-            teacher = F.adaptive_avg_pool2d(teacher, self.teacher_size)
-        return resize_to(adapted, self.teacher_size), teacher
+        return resize_to(adapted, self.teacher_size), resize_to(teacher, self.teacher_size)
 
     def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

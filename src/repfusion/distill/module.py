@@ -18,8 +18,8 @@ from ..teachers import DiffusionTeacher
 from ..training import OptimConfig
 from ..stage import Stage
 from ..errors import RepFusionError
-from ..runstate import nonfinite_message
-from .timesteps import NonFiniteError, TimestepStrategy
+from ..run import nonfinite_message
+from .timesteps import NonFiniteError, ReinforcedTimestep, TimestepStrategy
 
 HISTOGRAM_BINS = 20
 
@@ -42,6 +42,8 @@ class Distillation(Stage):
         self.teacher_layer, self.student_layer = teacher_layer, student_layer
         self.noise_mode, self.kd_weight = noise_mode, kd_weight
         self.target_norm = target_norm
+        self.head_uniform_t = bool(getattr(timesteps.cfg, "head_uniform_t", False)) and isinstance(
+            timesteps, ReinforcedTimestep)
         self.truncate_teacher = True  # False re-creates the reference: full UNet forward, read by a hook
         # DDP's documented opt-out: the frozen teacher is neither broadcast nor bucketed for all-reduce.
         self._ddp_params_and_buffers_to_ignore = [f"teacher.{n}" for n, _ in teacher.named_parameters()] + [
@@ -103,7 +105,12 @@ class Distillation(Stage):
         # 3. distil, 4. train the task head, 5. REINFORCE with r = -head loss
         distill = self.distill_loss(student_feature, teacher_feature)
         head = self.reward_head(teacher_feature, student_feature, labels)
-        head_loss = head.per_image_loss.mean()
+        head_losses = [head.per_image_loss]
+        if self.head_uniform_t:  # the head also sees t the policy avoids, so its reward is fair across t
+            uniform = torch.randint_like(draw.t, self.teacher.num_timesteps)
+            head_losses.append(self.reward_head(self.teacher_features(images, uniform, labels), student_feature,
+                                                labels).per_image_loss)
+        head_loss = torch.cat(head_losses).mean()
         policy, policy_logs = self.timesteps.policy_loss(draw, -head.per_image_loss.detach(), epoch)
         loss = self.kd_weight * distill + head_loss + policy
 

@@ -44,6 +44,8 @@ class TeacherSection:
     class_map: list[int] | None = None
     adm_flags: str | dict[str, JSONValue] = "imagenet-64"
     uncond_embedding: str | None = None
+    init: str = "pretrained"  # random: the random-teacher control (same architecture, seeded, no trained weight read)
+    init_seed: int | None = None  # random init's seed; default the run's trainer.seed, so each seed has its own
 
 
 @dataclass
@@ -88,7 +90,9 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
         raise RepFusionError(f"teacher.noise_mode must be 'clean' or 'noised', not '{cfg.teacher.noise_mode}'.")
     teacher = DiffusionTeacher.from_source(cfg.teacher.source, class_label=cfg.teacher.class_label,
                                            class_map=cfg.teacher.class_map, adm_flags=cfg.teacher.adm_flags,
-                                           uncond_embedding=cfg.teacher.uncond_embedding)
+                                           uncond_embedding=cfg.teacher.uncond_embedding, init=cfg.teacher.init,
+                                           init_seed=cfg.trainer.seed if cfg.teacher.init_seed is None
+                                           else cfg.teacher.init_seed)
     channels, height, width = datamodule.sample_shape()
     teacher.check_input((1, channels, height, width), require_native_size=not cfg.teacher.allow_other_size)
     resolve_modules(teacher.unet, [cfg.teacher.layer], kind="teacher layer")
@@ -123,7 +127,7 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
     )
 
 
-def export_student(module: Distillation, cfg: DistillRun, out: Path) -> Path:
+def export_student(module: Distillation, cfg: DistillRun, out: Path, steps: int = 0) -> Path:
     """The backbone (safetensors + config.json naming arch and width) plus how it was distilled."""
     tmp = staging_dir(out)
     module.student.save_pretrained(tmp, safe_serialization=True)
@@ -131,6 +135,7 @@ def export_student(module: Distillation, cfg: DistillRun, out: Path) -> Path:
         "teacher": asdict(cfg.teacher), "student": asdict(cfg.student), "loss": asdict(cfg.loss),
         "timesteps": asdict(cfg.timesteps), "reward": cfg.reward,
         "final_t_distribution": module.t_history[-1] if module.t_history else None,
+        "steps": steps,  # optimiser steps taken: what an equal-compute baseline must match
     })
     return replace_dir(tmp, out)
 
@@ -143,11 +148,14 @@ def run_distillation(cfg: DistillRun, run_dir: Path, resume: bool = False,
     module = build_distillation(cfg, datamodule)
     trainer = build_trainer(cfg.trainer, run_dir)
     ckpt = prepare_run(run_dir, resume, module, on_start)
-    if not restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps):  # killed in export
+    if restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps):  # killed in export
+        steps = int(torch.load(ckpt, map_location="cpu", weights_only=True).get("global_step", 0))
+    else:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        steps = trainer.global_step
     out = run_dir / "student"
     if trainer.is_global_zero:
-        export_student(module, cfg, out)
+        export_student(module, cfg, out, steps)
         write_json(run_dir / "timesteps.json", {"bins": len(module.t_history[0]) if module.t_history else 0,
                                                  "num_timesteps": module.teacher.num_timesteps,
                                                  "history": module.t_history})

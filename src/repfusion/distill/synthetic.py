@@ -26,7 +26,7 @@ def train_policy_on_band(baseline: str = "none", lr: float = 0.01, steps: int = 
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    paper = dict(policy_bins=1000, advantage="raw", policy_warmup_epochs=0.0)
+    paper = dict(policy_bins=1000, advantage="raw", policy_warmup_epochs=0.0, entropy_floor=0.0, head_uniform_t=False)
     policy = build_strategy(TimestepConfig(entropy_weight=entropy_weight, entropy_decay_epochs=1, baseline=baseline,
                                            **{**paper, **options}), 1000)
     head = build_reward("label", width, 8, 10)

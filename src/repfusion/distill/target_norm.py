@@ -105,15 +105,20 @@ class PerTimestepStandardizer(nn.Module):
         return (n * self.var[bins] + self.prior_images * pooled_var) / (n + self.prior_images)
 
     def forward(self, feature: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Standardise with the statistics from before this batch, then (training) fold the batch in.
+
+        Standardising a batch by statistics that already hold it would give a bin's first visitor a target
+        made of its own mean (all zeros for a single image); unseen bins borrow the nearest seen bin's.
+        """
         bins = self.bin_of(t.to(feature.device))
-        if self.training:
-            self.update(feature, bins)  # every bin of this batch is now seen
-        else:
-            bins = self.nearest_seen(bins)
+        known = self.nearest_seen(bins)
         shape = (len(feature), -1) + (1,) * (feature.dim() - 2)
-        mean = self.mean[bins].view(shape)
-        std = (self.bin_variance(bins) + self.eps).sqrt().view(shape)
-        return ((feature.float() - mean) / std).to(feature.dtype)
+        mean = self.mean[known].view(shape).clone()
+        std = (self.bin_variance(known) + self.eps).sqrt().view(shape)
+        standardised = ((feature.float() - mean) / std).to(feature.dtype)
+        if self.training:
+            self.update(feature, bins)
+        return standardised
 
 
 def build_target_norm(name: str, channels: int, num_timesteps: int, bins: int = 20,

@@ -47,6 +47,10 @@ class TimestepConfig:
     minus the batch mean, over the batch std: unit-scale advantages, so the entropy weight means the
     same at any reward scale), and `policy_warmup_epochs` during which t is drawn from pi but pi is not
     updated, so the task head behind the reward is better than chance before it steers the policy.
+    The entropy weight decays from the end of the warm-up and never below `entropy_floor`, and with
+    `head_uniform_t` the reward head also trains on one uniformly drawn t per image, so bins the policy
+    rarely picks are not scored by an unfitted head (which would feed the policy's own choice back to it).
+    The paper: `entropy_floor: 0, head_uniform_t: false`.
     """
 
     strategy: str = "reinforced"
@@ -63,6 +67,8 @@ class TimestepConfig:
     policy_bins: int = 20
     advantage: str = "normalized"
     policy_warmup_epochs: float = 1.0
+    entropy_floor: float = 0.02
+    head_uniform_t: bool = True
 
 
 class TimestepStrategy(nn.Module):
@@ -183,8 +189,10 @@ class ReinforcedTimestep(TimestepStrategy):
         return probs.repeat_interleave(self.bin_width, dim=-1) / self.bin_width
 
     def entropy_weight(self, epoch: float) -> float:
-        frac = min(1.0, epoch / max(self.cfg.entropy_decay_epochs, 1e-9))
-        return self.cfg.entropy_weight * (1 - frac)
+        """Decays from the end of the warm-up (when pi starts learning) down to `entropy_floor`, not to 0:
+        a policy whose reward has little signal must not collapse to one bin by drift alone."""
+        frac = min(1.0, max(0.0, epoch - self.cfg.policy_warmup_epochs) / max(self.cfg.entropy_decay_epochs, 1e-9))
+        return max(self.cfg.entropy_floor, self.cfg.entropy_weight * (1 - frac))
 
     def baseline(self, reward: torch.Tensor) -> torch.Tensor:
         if self.cfg.baseline == "batch_mean":

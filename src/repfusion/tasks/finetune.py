@@ -12,6 +12,7 @@ from torch import nn
 
 from ..analysis.plots import plot_curves
 from ..data import DataConfig, ImageDataModule
+from ..ema import final_raw_weights, keep_better
 from ..data.datasets import dataset_targets
 from ..errors import RepFusionError
 from ..io import replace_dir, staging_dir, write_json
@@ -85,8 +86,19 @@ def draw_test_predictions(module: pl.LightningModule, datamodule: ImageDataModul
     module.train(was_training)
 
 
+def validation_score(trainer: pl.Trainer, module: pl.LightningModule, datamodule: ImageDataModule,
+                     monitor: str) -> float:
+    """The monitored validation metric of the module as it stands, kept out of metrics.csv and the loggers."""
+    loggers = trainer.loggers
+    trainer.loggers = []
+    try:
+        return float(trainer.validate(module, datamodule=datamodule, verbose=False)[0][monitor])
+    finally:
+        trainer.loggers = loggers
+
+
 def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
-                 on_start: Callable[[], None] | None = None) -> dict[str, float]:
+                 on_start: Callable[[], None] | None = None) -> dict[str, float | str]:
     """Everything is built and checked (resume included) before `on_start` and the first write."""
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     spec = TASKS.get(cfg.task)
@@ -95,10 +107,16 @@ def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
     module = spec.build(cfg, datamodule)
     trainer = build_trainer(cfg.trainer, run_dir, monitor=spec.monitor, mode=spec.mode)
     ckpt = prepare_run(run_dir, resume, module, on_start)
-    if not restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps):  # killed in export
+    restored = restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps)  # killed in export
+    if not restored:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    raw = final_raw_weights(trainer, ckpt if restored else None)
+    can_validate = raw and trainer.limit_val_batches != 0
+    kept = keep_better(module, raw, lambda: validation_score(trainer, module, datamodule, spec.monitor),
+                       spec.mode) if can_validate else ("ema" if cfg.trainer.ema_decay is not None else "raw")
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     results = {k: float(v) for k, v in results.items()}
+    results["weights"] = kept  # which weights were tested and exported: the EMA average or the raw ones
     if trainer.is_global_zero:
         tmp = staging_dir(run_dir / "model")
         exported_network(module).save_pretrained(tmp, safe_serialization=True)

@@ -72,8 +72,8 @@ class DiTTeacher(LatentTeacher):
 
 
 def load_dit_teacher(source: str, class_label: int | str = "auto",
-                     class_map: Sequence[int] | None = None) -> DiTTeacher:
+                     class_map: Sequence[int] | None = None, untrained: bool = False) -> DiTTeacher:
     """A pipeline folder or hub id with transformer/ (DiT), vae/ and scheduler/."""
-    transformer = load_component(DiTTransformer2DModel, source, "transformer", "DiT transformer")
-    vae = load_component(AutoencoderKL, source, "vae", "VAE (AutoencoderKL)")
+    transformer = load_component(DiTTransformer2DModel, source, "transformer", "DiT transformer", untrained)
+    vae = load_component(AutoencoderKL, source, "vae", "VAE (AutoencoderKL)", untrained)
     return DiTTeacher(transformer, vae, load_scheduler(source), source, class_label, class_map)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import RepFusionError
 from .adm import ADM_PRESETS
 from .diffusion_teacher import DiffusionTeacher
@@ -119,7 +121,8 @@ def detect_kind(source: str) -> str:
 
 def load_teacher(source: str, image_size: int | None = None, class_label: int | str = "auto",
                  class_map: Sequence[int] | None = None, adm_flags: str | dict[str, Any] = "imagenet-64",
-                 uncond_embedding: str | None = None) -> DiffusionTeacher:
+                 uncond_embedding: str | None = None, init: str = "pretrained",
+                 init_seed: int = 0) -> DiffusionTeacher:
     """Build the frozen teacher for `source`, whatever its kind.
 
     Args:
@@ -129,13 +132,27 @@ def load_teacher(source: str, image_size: int | None = None, class_label: int | 
         class_map (`Sequence[int]`, *optional*): teacher class of each dataset label, for `dataset`.
         adm_flags (`str | dict`, *optional*, defaults to `"imagenet-64"`): an ADM preset or the model flags.
         uncond_embedding (`str`, *optional*): a file with the empty-prompt text embedding of a latent teacher.
+        init (`str`, *optional*, defaults to `"pretrained"`): `random` builds the same architecture from the
+            source's configs only, with weights drawn from `init_seed`, and reads no trained weight: the
+            random-teacher control of every comparison (what distillation gives without the teacher's knowledge).
     """
+    if init not in ("pretrained", "random"):
+        raise RepFusionError(f"teacher.init must be 'pretrained' or 'random', not '{init}'.")
+    if init == "random":
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+            torch.manual_seed(init_seed)
+            return _load_teacher(source, image_size, class_label, class_map, adm_flags, uncond_embedding, True)
+    return _load_teacher(source, image_size, class_label, class_map, adm_flags, uncond_embedding, False)
+
+
+def _load_teacher(source: str, image_size: int | None, class_label: int | str, class_map: Sequence[int] | None,
+                  adm_flags: str | dict[str, Any], uncond_embedding: str | None, untrained: bool) -> DiffusionTeacher:
     kind = detect_kind(source)
     if kind == "unet":
         from .loading import load_unet_and_scheduler
 
         try:
-            unet, scheduler = load_unet_and_scheduler(source, image_size)
+            unet, scheduler = load_unet_and_scheduler(source, image_size, untrained=untrained)
         except RepFusionError:
             # a hub pipeline not in the cache (no config.json at its root): its model_index.json gives the kind
             if not _looks_like_hub_id(source) or (kind := _kind_of_hub_id(source, online=True)) == "unet":
@@ -150,14 +167,17 @@ def load_teacher(source: str, image_size: int | None = None, class_label: int | 
         from .latent import load_latent_teacher
 
         return load_latent_teacher(source, uncond_embedding=uncond_embedding, class_label=class_label,
-                                   class_map=class_map)
+                                   class_map=class_map, untrained=untrained)
     if kind == "dit":
         from .dit import load_dit_teacher
 
-        return load_dit_teacher(source, class_label=class_label, class_map=class_map)
+        return load_dit_teacher(source, class_label=class_label, class_map=class_map, untrained=untrained)
     from .adm import load_adm, random_adm
 
-    unet, scheduler = random_adm(ADM_RANDOM[source]) if source in ADM_RANDOM else load_adm(source, adm_flags)
+    if source in ADM_RANDOM or untrained:  # an untrained ADM needs only its flags: the checkpoint is never opened
+        unet, scheduler = random_adm(ADM_RANDOM.get(source, adm_flags))
+    else:
+        unet, scheduler = load_adm(source, adm_flags)
     teacher = DiffusionTeacher(unet, scheduler, source, class_label, class_map)
     teacher.kind = "adm"
     return teacher

@@ -98,9 +98,11 @@ def _where(source: str) -> str:
     return str(path) if path.is_dir() else source
 
 
-def load_component(cls: type, source: str, subfolder: str, what: str):
-    """`cls.from_pretrained(source, subfolder=...)` with a one-sentence error."""
+def load_component(cls: type, source: str, subfolder: str, what: str, untrained: bool = False):
+    """`cls.from_pretrained(source, subfolder=...)` with a one-sentence error; `untrained`: from its config only."""
     try:
+        if untrained:
+            return cls.from_config(cls.load_config(_where(source), subfolder=subfolder))
         return cls.from_pretrained(_where(source), subfolder=subfolder)
     except Exception as e:  # diffusers raises OSError/EnvironmentError/ValueError here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -178,14 +180,14 @@ def unconditional_embedding(source: str, index: dict[str, Any], width: int, file
 
 
 def load_latent_teacher(source: str, uncond_embedding: str | None = None, class_label: int | str = "auto",
-                        class_map: Sequence[int] | None = None) -> LatentTeacher:
+                        class_map: Sequence[int] | None = None, untrained: bool = False) -> LatentTeacher:
     """A pipeline folder or hub id with unet/ (UNet2DConditionModel), vae/ and scheduler/."""
-    unet = load_component(UNet2DConditionModel, source, "unet", "latent UNet")
+    unet = load_component(UNet2DConditionModel, source, "unet", "latent UNet", untrained)
     if unet.config.get("addition_embed_type") or unet.config.get("class_embed_type") or unet.config.get(
             "num_class_embeds"):
         raise RepFusionError(f"The UNet of {source} needs extra conditioning (SDXL-style added embeddings or "
                              "classes), which repfusion does not provide; use an SD-1/2-style pipeline.")
-    vae = load_component(AutoencoderKL, source, "vae", "VAE (AutoencoderKL)")
+    vae = load_component(AutoencoderKL, source, "vae", "VAE (AutoencoderKL)", untrained)
     width = int(unet.config.cross_attention_dim)
     uncond = unconditional_embedding(source, _pipeline_index(source), width, uncond_embedding)
     return LatentTeacher(unet, vae, load_scheduler(source), source, uncond, class_label, class_map)

@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.utils import logging as diffusers_logging
 
 from ..errors import RepFusionError, unknown_name_error
+from ..pretrained import load_pretrained  # quiet without accelerate, the saved model's numbers
 from .presets import TEACHER_PRESETS
-
-
-diffusers_logging.set_verbosity_error()  # keep the accelerate hint out of every run
 
 
 def default_scheduler() -> DDPMScheduler:
@@ -39,19 +36,23 @@ def _subfolder(source: str) -> str | None:
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
-def _check_teacher_folder(folder: Path, source: str) -> None:
+def _check_teacher_folder(folder: Path, source: str, need_weights: bool = True) -> None:
     """A local folder needs save_pretrained's config.json and weights; say which is missing, in plain words."""
     if not (folder / "config.json").is_file():
         raise RepFusionError(f"Teacher folder {source} has no config.json; give a folder written by save_pretrained "
                              "(a UNet2DModel or a pipeline folder with unet/).")
-    if not any((folder / name).is_file() or (folder / f"{Path(name).stem}.fp16{Path(name).suffix}").is_file()
+    if need_weights and not any((folder / name).is_file() or (folder / f"{Path(name).stem}.fp16{Path(name).suffix}").is_file()
                for name in WEIGHT_FILES) and not list(folder.glob("diffusion_pytorch_model*.safetensors")):
         raise RepFusionError(f"Teacher folder {source} has a config.json but no weights "
                              f"({WEIGHT_FILES[0]}); copy the weights file there or save the model again.")
 
 
-def load_unet_and_scheduler(source: str, image_size: int | None = None) -> tuple[UNet2DModel, DDPMScheduler]:
-    """Resolve `source`: a preset name (random weights), a local folder, or a hub model id."""
+def load_unet_and_scheduler(source: str, image_size: int | None = None,
+                            untrained: bool = False) -> tuple[UNet2DModel, DDPMScheduler]:
+    """Resolve `source`: a preset name (random weights), a local folder, or a hub model id.
+
+    `untrained` reads the UNet's config.json only and draws fresh weights (the random-teacher control).
+    """
     if source in TEACHER_PRESETS:
         return unet_from_preset(source, image_size), default_scheduler()
     path = Path(source).expanduser()
@@ -65,9 +66,11 @@ def load_unet_and_scheduler(source: str, image_size: int | None = None) -> tuple
         raise unknown_name_error("teacher", source, TEACHER_PRESETS, hint=", or give a hub id or a folder")
     sub = _subfolder(str(path)) if path.is_dir() else None
     if path.is_dir():
-        _check_teacher_folder(path / sub if sub else path, source)
+        _check_teacher_folder(path / sub if sub else path, source, need_weights=not untrained)
+    where = str(path) if path.is_dir() else source
     try:
-        unet = UNet2DModel.from_pretrained(str(path) if path.is_dir() else source, subfolder=sub)
+        unet = (UNet2DModel.from_config(UNet2DModel.load_config(where, subfolder=sub)) if untrained
+                else load_pretrained(UNet2DModel, where, subfolder=sub))
     except Exception as e:  # diffusers raises OSError/EnvironmentError/ValueError here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RepFusionError(
