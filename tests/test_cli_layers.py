@@ -6,6 +6,8 @@ def test_layers_lists_teacher_modules_with_shapes(capsys):
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("mid_block.resnets.1.conv2 "))
     assert line.split()[-1] == "1x64x8x8"
+    assert "mid block output: mid_block.resnets.1 (the same tensor as mid_block); mid_block.resnets.1.conv2 is " \
+           "the residual branch before the skip connection is added" in out  # issue 19, item 17
 
 
 def test_layers_lists_student_modules(capsys):
