@@ -19,6 +19,7 @@ reads every non-validation training image; fine-tuning sees a stratified `label_
   trained - random +21 points on the validation split), clean input at t = 0, per-channel standardised
   pooled hint, no labels.
 - ours-dense, ours-policy: candidates on the same layer (dense hint on the student's grid; the policy).
+- ours-fused: ours with a target fused from the pooled features of three layers (FUSED_LAYERS).
 - NAME-random: arm NAME distilled from a teacher of the same architecture with seeded random weights
   (`teacher.init: random`, its own per seed): the control that answers "did the knowledge transfer".
 
@@ -41,7 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-DISTILLED = ("paper", "t0", "v1", "ours", "ours-dense", "ours-policy")
+DISTILLED = ("paper", "t0", "v1", "ours", "ours-dense", "ours-policy", "ours-fused")
+FUSED_LAYERS = ["down_blocks.2", "mid_block", "up_blocks.0"]  # the three largest trained - random probe gaps
 ARMS = ("scratch", "scratch-equal", *DISTILLED, *(f"{a}-random" for a in DISTILLED))
 PROBE_LAYER = "up_blocks.0"
 
@@ -74,8 +76,8 @@ def distill_config(arm: str, args: argparse.Namespace, data, seed: int):
         teacher = TeacherSection(source=args.teacher, layer=PROBE_LAYER, noise_mode="noised")
         loss, reward = LossSection("hint", target_norm="per_t"), "infonce"
         timesteps = TimestepConfig("reinforced", **policy)
-    else:  # ours, ours-dense: the probe's layer at clean t = 0, per-channel standardised target
-        teacher = TeacherSection(source=args.teacher, layer=PROBE_LAYER)
+    else:  # ours, ours-dense, ours-fused: the probe's layer(s) at clean t = 0, per-channel standardised target
+        teacher = TeacherSection(source=args.teacher, layer=FUSED_LAYERS if recipe == "ours-fused" else PROBE_LAYER)
         options = {"mode": "dense", "grid": "coarser"} if recipe == "ours-dense" else {}
         loss = LossSection("hint", target_norm="per_t", target_bins=1, options=options)
         timesteps = TimestepConfig("fixed", t=0)

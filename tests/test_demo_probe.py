@@ -10,26 +10,41 @@ def test_shortened_demo_runs_every_stage(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--seeds", "2", "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| scratch |" in printed and "| repfusion |" in printed and "95 % CI" in printed
+    for arm in ("scratch", "scratch-equal", "repfusion", "random-teacher"):
+        assert f"| {arm} |" in printed, arm
+    assert "repfusion - random-teacher" in printed and "95 % CI" in printed and "stage times" in printed
     result = json.loads((out / "results.json").read_text())
-    assert len(result["summary"]["scratch"]["runs"]) == 2 == len(result["summary"]["repfusion"]["runs"])
-    difference = result["paired_difference"]
-    assert difference["n"] == 2 and difference["low"] <= difference["mean"] <= difference["high"]
-    assert set(result["probe"]) == {"random init", "distilled"}
+    assert all(len(result["summary"][arm]["runs"]) == 2 for arm in result["summary"])
+    pairs = {(p["a"], p["b"], p["metric"]): p for p in result["paired"]}
+    for control in ("random-teacher", "scratch", "scratch-equal"):
+        entry = pairs[("repfusion", control, "test_top1")]
+        assert entry["n"] == 2 and entry["low"] <= entry["mean"] <= entry["high"] and entry["fraction"] == 0.02
+    assert ("repfusion", "random-teacher", "val_probe") in pairs
+    assert set(result["probe"]) == {"random init", "repfusion", "random-teacher"}
     for name in ("report.md", "accuracy.png", "teacher/samples.png", "teacher/teacher/config.json",
-                 "distill/timesteps.png", "distill/curves.png", "distill/student/config.json"):
+                 "distill-repfusion-seed0/curves.png", "distill-repfusion-seed1/student/config.json",
+                 "distill-random-teacher-seed1/student/config.json"):
         assert (out / name).exists(), name
     config = json.loads((out / "finetune-repfusion-seed0" / "results.json").read_text())
-    assert config["init"] == str(out / "distill")
+    assert config["init"] == str(out / "distill-repfusion-seed0")
+    random_teacher = json.loads((out / "distill-random-teacher-seed1" / "student" / "distillation.json").read_text())
+    assert random_teacher["teacher"]["init"] == "random"
+    # equal-compute scratch trained for the distillation's steps on top of the fine-tuning's
+    from repfusion.analysis.controls import distill_steps, equal_compute_epochs
+
+    steps = distill_steps(out / "distill-repfusion-seed0")
+    train_images = json.loads((out / "finetune-scratch-seed0" / "results.json").read_text())["train_images"]
+    rows = (out / "finetune-scratch-equal-seed0" / "metrics.csv").read_text().strip().splitlines()[1:]
+    assert max(int(r.split(",")[0]) for r in rows) == equal_compute_epochs(steps, train_images, 32, 2) > 2  # the test row
     # the label-scarce regime: fine-tuning saw a stratified 2 % of the training labels, distillation all images
     assert result["config"]["label_fraction"] == 0.02
 
     # an existing demo is refused without --resume; with it, finished stages are reused, not retrained
     assert main(["demo", "--quick", "--seeds", "2", "--no-progress", "--out", str(out)]) == 1
     assert "pass --resume" in capsys.readouterr().err
-    before = (out / "distill" / "student" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    before = (out / "distill-repfusion-seed0" / "student" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
     assert main(["demo", "--quick", "--seeds", "2", "--no-progress", "--resume", "--out", str(out)]) == 0
-    assert (out / "distill" / "student" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+    assert (out / "distill-repfusion-seed0" / "student" / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
     # ... but only with the settings it was run with
     assert main(["demo", "--quick", "--seeds", "3", "--no-progress", "--resume", "--out", str(out)]) == 1
     assert "other settings" in capsys.readouterr().err

@@ -63,10 +63,13 @@ def test_shortened_dense_demo_runs_every_stage(task, metric, tmp_path, capsys):
     out = tmp_path / task
     assert main(["demo", "--task", task, "--quick", "--seeds", "2", "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| scratch |" in printed and "| repfusion |" in printed and "95 % CI" in printed
+    assert "| scratch |" in printed and "| random-teacher |" in printed and "| scratch-equal |" in printed
+    assert "95 % CI" in printed
     result = json.loads((out / "results.json").read_text())
     assert result["metric"] == metric and len(result["summary"]["repfusion"]["runs"]) == 2
-    for name in ("report.md", "metric.png", "teacher/samples.png", "distill/student/config.json",
+    assert any("random" in p["a"] + p["b"] for p in result["paired"])
+    for name in ("report.md", "metric.png", "teacher/samples.png", "distill-repfusion-seed1/student/config.json",
+                 "distill-random-teacher-seed0/student/config.json",
                  "finetune-scratch-seed0/predictions.png", "finetune-repfusion-seed1/predictions.png"):
         assert (out / name).exists(), name
     assert main(["demo", "--task", task, "--quick", "--seeds", "3", "--no-progress", "--resume", "--out",

@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..data.augment import Normalize
-from ..features import FeatureTap
+from ..features import FeatureTap, pooled
 from ..teachers import DiffusionTeacher
 from ..training import OptimConfig
 from ..stage import Stage
@@ -24,12 +25,20 @@ from .timesteps import NonFiniteError, ReinforcedTimestep, TimestepStrategy
 HISTOGRAM_BINS = 20
 
 
+def fused_target(maps: dict[str, torch.Tensor], layers: Sequence[str]) -> torch.Tensor:
+    """One layer: its map. Several: their pooled features side by side, (B, sum C): a target that carries what
+    each depth of the teacher knows (per-channel standardisation then gives every layer an equal voice)."""
+    if len(layers) == 1:
+        return maps[layers[0]]
+    return torch.cat([pooled(maps[layer]) for layer in layers], dim=1)
+
+
 class Distillation(Stage):
     """Receives built parts; the teacher is frozen, out of the optimiser and out of checkpoints."""
 
     def __init__(self, teacher: DiffusionTeacher, student: nn.Module, distill_loss: nn.Module,
                  timesteps: TimestepStrategy, reward_head: nn.Module, optim: OptimConfig, image_size: int,
-                 teacher_layer: str, student_layer: str, noise_mode: str = "clean", kd_weight: float = 1.0,
+                 teacher_layer: str | Sequence[str], student_layer: str, noise_mode: str = "clean", kd_weight: float = 1.0,
                  normalize: Normalize | None = None, crop_padding: int = 4, flip: bool = True,
                  target_norm: nn.Module | None = None) -> None:
         super().__init__(image_size, optim, crop_padding, flip)
@@ -39,7 +48,8 @@ class Distillation(Stage):
         self.timesteps = timesteps
         self.reward_head = reward_head
         self.normalize = normalize or Normalize()
-        self.teacher_layer, self.student_layer = teacher_layer, student_layer
+        self.teacher_layers = (teacher_layer,) if isinstance(teacher_layer, str) else tuple(teacher_layer)
+        self.student_layer = student_layer
         self.noise_mode, self.kd_weight = noise_mode, kd_weight
         self.target_norm = target_norm
         self.head_uniform_t = bool(getattr(timesteps.cfg, "head_uniform_t", False)) and isinstance(
@@ -82,8 +92,9 @@ class Distillation(Stage):
         """
         self.teacher.eval()  # Lightning restores saved per-module modes directly, bypassing train()
         pixels = images01 * 2 - 1
-        feature = self.teacher(pixels, t, (self.teacher_layer,), self.noise_mode, truncate=self.truncate_teacher,
-                               labels=labels)[self.teacher_layer]
+        maps = self.teacher(pixels, t, self.teacher_layers, self.noise_mode, truncate=self.truncate_teacher,
+                            labels=labels)
+        feature = fused_target(maps, self.teacher_layers)
         return feature if self.target_norm is None else self.target_norm(feature, t)
 
     def epoch_progress(self, batch_idx: int) -> float:

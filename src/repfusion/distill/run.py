@@ -37,7 +37,7 @@ class TeacherSection:
     """
 
     source: str = "tiny-16"
-    layer: str = DEFAULT_TEACHER_LAYER
+    layer: str | list[str] = DEFAULT_TEACHER_LAYER  # several: their pooled features fused into one target
     noise_mode: str = "clean"
     allow_other_size: bool = False
     class_label: int | str = "auto"
@@ -84,6 +84,13 @@ class DistillRun:
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(ema_decay=0.999))
 
 
+def teacher_layers(section: TeacherSection) -> list[str]:
+    layers = [section.layer] if isinstance(section.layer, str) else list(section.layer)
+    if not layers:
+        raise RepFusionError("teacher.layer is an empty list; name one layer or several (repfusion layers).")
+    return layers
+
+
 def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distillation:
     """Every part built and checked against the data's shape before any training step."""
     if cfg.teacher.noise_mode not in ("clean", "noised"):
@@ -95,12 +102,14 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
                                            else cfg.teacher.init_seed)
     channels, height, width = datamodule.sample_shape()
     teacher.check_input((1, channels, height, width), require_native_size=not cfg.teacher.allow_other_size)
-    resolve_modules(teacher.unet, [cfg.teacher.layer], kind="teacher layer")
+    layers = teacher_layers(cfg.teacher)
+    resolve_modules(teacher.unet, layers, kind="teacher layer")
     student = build_student(cfg.student.arch, cfg.student.width, num_classes=0, in_channels=channels)
     student_layer = cfg.student.layer or student.feature_layer
     resolve_modules(student, [student_layer], kind="student layer")
 
-    teacher_shape = teacher.feature_shape(cfg.teacher.layer, height)
+    shapes = [teacher.feature_shape(layer, height) for layer in layers]
+    teacher_shape = shapes[0] if len(shapes) == 1 else (sum(shape[0] for shape in shapes),)
     with torch.no_grad():
         student.eval()
         student_shape = tuple(layer_output(student, student_layer, torch.zeros(2, channels, height, width)).shape[1:])
@@ -118,11 +127,14 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
                              "timestep strategy).")
     reward = build_reward(cfg.reward, teacher_shape[0], student_shape[0], datamodule.num_classes)
     dense = cfg.loss.name == "at" or cfg.loss.options.get("mode") == "dense"
+    if dense and len(layers) > 1:
+        raise RepFusionError(f"Several teacher layers ({', '.join(layers)}) make one pooled target, which the dense "
+                             f"{cfg.loss.name} loss cannot use; give one teacher.layer or a pooled loss.")
     target_norm = build_target_norm(cfg.loss.target_norm, teacher_shape[0], teacher.num_timesteps,
                                     cfg.loss.target_bins, pooled=not dense)
     return Distillation(
         teacher, student, loss, build_strategy(cfg.timesteps, teacher.num_timesteps), reward, cfg.optim, height,
-        cfg.teacher.layer, student_layer, cfg.teacher.noise_mode, cfg.loss.kd_weight,
+        layers, student_layer, cfg.teacher.noise_mode, cfg.loss.kd_weight,
         Normalize(cfg.data.mean, cfg.data.std), cfg.data.crop_padding, cfg.data.flip, target_norm,
     )
 
