@@ -261,7 +261,7 @@ FINETUNE = ["finetune", "--init", "null", "--student.width", "0.125", "--data.ba
             "1"]
 
 
-def test_finetune_resumed_after_its_end_keeps_every_metrics_row(tmp_path, capsys):
+def test_finetune_resumed_after_its_end_keeps_every_metrics_row(tmp_path, capsys, monkeypatch):
     """Issue 19, item 5: a finished run (or one killed in its export) resumed with --resume kept only the test
     row, at epoch 0 and step 0; now metrics.csv is the uninterrupted run's, row for row."""
     reference = tmp_path / "reference"
@@ -279,3 +279,23 @@ def test_finetune_resumed_after_its_end_keeps_every_metrics_row(tmp_path, capsys
         assert "end of training" in capsys.readouterr().err
         assert (run_dir / "metrics.csv").read_text().splitlines() == rows, case
         assert (run_dir / "model").is_dir() and not (run_dir / ".~repfusion-model.x7.staging").exists()
+
+    # a kill between the epoch-end last.ckpt and the epoch's train row (here: while best.ckpt is written, which
+    # the kill storm found): the checkpoint carries that row, so it is not lost
+    from repfusion.run import AtomicCheckpointIO
+
+    run_dir = tmp_path / "killed-in-best"
+    real_save = AtomicCheckpointIO.save_checkpoint
+
+    def killed_in_best(self, checkpoint, path, storage_options=None):
+        if Path(path).name == "best.ckpt":
+            raise Interrupted(path)
+        return real_save(self, checkpoint, path, storage_options)
+
+    with monkeypatch.context() as m:
+        m.setattr(AtomicCheckpointIO, "save_checkpoint", killed_in_best)
+        with pytest.raises(Interrupted):
+            main([*FINETUNE, "--run-dir", str(run_dir)])
+    assert global_step(run_dir) == 2 and (run_dir / "metrics.csv").read_text().count("\n") == 2  # no train row
+    assert main([*FINETUNE, "--run-dir", str(run_dir), "--resume"]) == 0
+    assert (run_dir / "metrics.csv").read_text().splitlines() == rows

@@ -54,12 +54,32 @@ def read_metric_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def rows_to_keep(saved: list[dict[str, Any]], on_disk: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+def rows_to_keep(saved: list[dict[str, Any]], on_disk: list[dict[str, Any]], step: int,
+                 pending: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The rows a resume from a checkpoint at `step` starts from: the checkpoint's own rows, then the rows
-    of finished work the file gained after it (the checkpoint step's epoch-end rows, logged at step - 1);
-    rows at `step` or later (work that is redone, a test that runs again) are dropped."""
+    of finished work logged after it: the epoch-end row Lightning logs (at step - 1) after the epoch-end
+    checkpoint, which the checkpoint carries as `pending` (a kill may fall before it reaches the file, e.g.
+    while best.ckpt is written), and any other such row the file gained. Rows at `step` or later (work that
+    is redone, a test that runs again) are dropped."""
     after = [r for r in on_disk[len(saved):] if r["step"] < step] if len(on_disk) >= len(saved) else []
-    return [*saved, *after]
+    missing = [r for r in pending or [] if r not in after]
+    return [*saved, *missing, *after]
+
+
+def epoch_end_rows(trainer: pl.Trainer) -> list[dict[str, Any]]:
+    """The row Lightning logs right after the epoch-end hooks (the epoch means of the values logged in
+    training), computed as Lightning computes it: called from a checkpoint written in those hooks."""
+    try:
+        metrics = trainer.fit_loop.epoch_loop._results.metrics(False)["log"]
+    except (AttributeError, KeyError, TypeError):  # another Lightning layout: the file's copy is the only one
+        return []
+    if not metrics:
+        return []
+    row: dict[str, Any] = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}  # as Lightning
+    step = row.pop("step", None)
+    row.setdefault("epoch", trainer.current_epoch)
+    row["step"] = int(step) if step is not None else trainer.fit_loop.epoch_loop._batches_that_stepped - 1
+    return [row]
 
 
 class RunMetricsWriter(ExperimentWriter):

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from .metrics_csv import read_metric_rows, rows_to_keep, run_writer
+from .metrics_csv import epoch_end_rows, read_metric_rows, rows_to_keep, run_writer
 from .random_state import rng_state, set_rng_state
 
 STATE_KEY = "repfusion_run_state"
@@ -25,6 +25,7 @@ def mark_finished(module: pl.LightningModule, checkpoint: dict[str, Any]) -> Non
     """Remember the end-of-training checkpoint `module` was restored from (see `RunState.setup`)."""
     _FINISHED[module] = {"fit_loop": checkpoint.get("loops", {}).get("fit_loop"),
                          "rows": list((checkpoint.get(STATE_KEY) or {}).get("rows", [])),
+                         "pending": list((checkpoint.get(STATE_KEY) or {}).get("pending_rows", [])),
                          "step": int(checkpoint.get("global_step", 0))}
 
 
@@ -35,6 +36,7 @@ class RunState(Callback):
         self._rows: list[dict[str, Any]] | None = None
         self._rng: dict[str, Any] | None = None
         self._sums: dict[str, Any] = {}
+        self._pending: list[dict[str, Any]] = []
         self._step = 0
 
     @property
@@ -56,14 +58,17 @@ class RunState(Callback):
         writer = run_writer(trainer)
         if writer is not None:  # not a stage run without loggers (a validation kept out of metrics.csv)
             on_disk = read_metric_rows(Path(writer.metrics_file_path))
-            writer.restore(rows_to_keep(finished["rows"], on_disk, finished["step"]))
+            writer.restore(rows_to_keep(finished["rows"], on_disk, finished["step"], finished["pending"]))
             del _FINISHED[pl_module]
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         writer = run_writer(trainer)
+        mid_epoch = _mid_epoch(trainer)
         checkpoint[STATE_KEY] = {"rows": writer.all_rows() if writer is not None else [], "rng": rng_state(),
-                                 "epoch_sums": _epoch_sums(trainer) if _mid_epoch(trainer) else {}}
+                                 "epoch_sums": _epoch_sums(trainer) if mid_epoch else {},
+                                 # the epoch-end row, logged only after this checkpoint is written
+                                 "pending_rows": [] if mid_epoch or writer is None else epoch_end_rows(trainer)}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -71,6 +76,7 @@ class RunState(Callback):
         self._rows = list(state.get("rows", []))
         self._rng = state.get("rng")
         self._sums = dict(state.get("epoch_sums", {}))
+        self._pending = list(state.get("pending_rows", []))
         self._step = int(checkpoint.get("global_step", 0))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -78,7 +84,7 @@ class RunState(Callback):
         writer = run_writer(trainer)
         if self._rows is not None and writer is not None:
             on_disk = read_metric_rows(Path(writer.metrics_file_path))
-            writer.restore(rows_to_keep(self._rows, on_disk, self._step))
+            writer.restore(rows_to_keep(self._rows, on_disk, self._step, self._pending))
         self._rows = None
         if self._rng is not None:
             if trainer.world_size == 1:
