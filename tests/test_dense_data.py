@@ -213,10 +213,11 @@ def test_datamodule_serves_dense_batches_and_label_budgets() -> None:
     images, targets = next(iter(dm.train_dataloader()))
     assert images.shape == (8, 3, 32, 32) and targets["mask"].shape == (8, 32, 32)
     assert targets["keypoints"].shape == (8, 98, 2) and targets["attributes"].shape == (8, 6)
+    # val_fraction 0: the label budget is a share of all 40 training faces (no validation hold-out first)
     half = ImageDataModule(DataConfig(source="faces", faces_train=40, faces_test=12, image_size=32,
-                                      label_fraction=0.5), labelled_only=True)
+                                      label_fraction=0.5, val_fraction=0.0), labelled_only=True)
     quarter = ImageDataModule(DataConfig(source="faces", faces_train=40, faces_test=12, image_size=32,
-                                         label_fraction=0.25), labelled_only=True)
+                                         label_fraction=0.25, val_fraction=0.0), labelled_only=True)
     half.setup(), quarter.setup()
     assert len(half.train_set) == 20 and len(quarter.train_set) == 10
     assert set(quarter.train_set.indices) <= set(half.train_set.indices)
