@@ -446,6 +446,7 @@ def test_model_and_diffusion_defaults_and_the_readme_model_flags_are_accepted(ca
     assert err.startswith("note: ADM flags predict_xstart, rescale_learned_sigmas, rescale_timesteps, "
                           "timestep_respacing, use_checkpoint, use_kl only change how") and err.count("\n") == 1
     assert adm_flags(MODEL_FLAGS_64) == ADM_PRESETS["imagenet-64"]
+    assert adm_flags(f'MODEL_FLAGS="{MODEL_FLAGS_64}"') == ADM_PRESETS["imagenet-64"]  # the README's whole line
     assert adm_flags("--image_size=64 --num_channels 192 --timestep_respacing 250").num_channels == 192
 
 

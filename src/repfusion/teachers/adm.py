@@ -19,6 +19,7 @@ Equivalences (checked numerically in tests/test_teacher_adm.py):
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,11 @@ def parse_model_flags(text: str) -> dict[str, str]:
     """guided-diffusion's MODEL_FLAGS string (`--image_size 64 --num_channels 192 ...`) as a dict of strings."""
     import shlex
 
+    pasted = re.match(r"^\s*(export\s+)?MODEL_FLAGS=", text)  # the README's whole line, pasted as is
     try:
-        tokens = shlex.split(text)
+        tokens = shlex.split(text[pasted.end():] if pasted else text)
+        if pasted and len(tokens) == 1:  # MODEL_FLAGS="--a 1 --b 2": the quotes held every flag
+            tokens = shlex.split(tokens[0])
     except ValueError as e:
         raise RepFusionError(f"The ADM flags string cannot be split into flags ({e}); give it as guided-diffusion's "
                              "README writes MODEL_FLAGS, e.g. \"--image_size 64 --num_channels 192\".") from None
@@ -189,7 +193,7 @@ def adm_flags(flags: str | dict[str, Any] | ADMFlags) -> ADMFlags:
     if isinstance(flags, ADMFlags):
         return flags
     if isinstance(flags, str):
-        if flags.lstrip().startswith("-"):
+        if flags.lstrip().startswith(("-", "MODEL_FLAGS=", "export MODEL_FLAGS=")):
             return adm_flags(parse_model_flags(flags))
         if flags not in ADM_PRESETS:
             raise unknown_name_error("ADM preset", flags, ADM_PRESETS, hint=", or give the model flags as a mapping")
