@@ -25,6 +25,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from ..errors import RepFusionError
+from ..pretrained import load_pretrained
 from .diffusion_teacher import DiffusionTeacher, check_image, unet_sample_size
 from .loading import default_scheduler
 
@@ -103,7 +104,7 @@ def load_component(cls: type, source: str, subfolder: str, what: str, untrained:
     try:
         if untrained:
             return cls.from_config(cls.load_config(_where(source), subfolder=subfolder))
-        return cls.from_pretrained(_where(source), subfolder=subfolder)
+        return load_pretrained(cls, _where(source), subfolder=subfolder)  # quiet, the saved model's numbers
     except Exception as e:  # diffusers raises OSError/EnvironmentError/ValueError here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RepFusionError(f"Cannot load the {what} from {source}/{subfolder} ({first}); give a pipeline folder "
