@@ -152,7 +152,7 @@ def test_corrupt_image_in_a_worker_is_one_sentence(tmp_path, capsys):
     (root / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     code = main(["distill", "--run-dir", str(tmp_path / "run"), "--data.source", "folder", "--data.root", str(root),
                  "--data.image_size", "16", "--data.num_workers", "1", *SMALL, "--trainer.max_epochs", "1",
-                 "--data.val_fraction", "0"])  # every image trains (a held-out share would be read only by a test)
+                 "--data.val_fraction", "0"])  # every image trains (distill need not read a held-out one)
     err = capsys.readouterr().err
     assert code == 1 and len(error_lines(err)) == 1 and "bad.png is corrupt or truncated" in error_lines(err)[0]
 
