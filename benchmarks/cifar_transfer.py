@@ -17,9 +17,12 @@ reads every non-validation training image; fine-tuning sees a stratified `label_
   reward, noised input), which a random teacher matched (issue 17).
 - ours: the teacher layer chosen by the probe of teacher_layers_cifar.md (decoder `up_blocks.0`,
   trained - random +21 points on the validation split), clean input at t = 0, per-channel standardised
-  pooled hint, no labels.
-- ours-dense, ours-policy: candidates on the same layer (dense hint on the student's grid; the policy).
-- ours-fused: ours with a target fused from the pooled features of three layers (FUSED_LAYERS).
+  dense hint on the student's grid (the 16x16 teacher map area-pooled to layer4's 4x4), no labels.
+  Chosen among the candidates below by the frozen student's validation probe against its random-teacher
+  twin (recipe_search.md, one seed each).
+- ours-pooled, ours-policy: candidates on the same layer (pooled hint at t = 0; pooled hint on noised
+  input with the 20-bin policy and the InfoNCE reward).
+- ours-fused: ours-pooled with a target fused from the pooled features of three layers (FUSED_LAYERS).
 - NAME-random: arm NAME distilled from a teacher of the same architecture with seeded random weights
   (`teacher.init: random`, its own per seed): the control that answers "did the knowledge transfer".
 
@@ -42,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-DISTILLED = ("paper", "t0", "v1", "ours", "ours-dense", "ours-policy", "ours-fused")
+DISTILLED = ("paper", "t0", "v1", "ours", "ours-pooled", "ours-policy", "ours-fused")
 FUSED_LAYERS = ["down_blocks.2", "mid_block", "up_blocks.0"]  # the three largest trained - random probe gaps
 ARMS = ("scratch", "scratch-equal", *DISTILLED, *(f"{a}-random" for a in DISTILLED))
 PROBE_LAYER = "up_blocks.0"
@@ -76,9 +79,9 @@ def distill_config(arm: str, args: argparse.Namespace, data, seed: int):
         teacher = TeacherSection(source=args.teacher, layer=PROBE_LAYER, noise_mode="noised")
         loss, reward = LossSection("hint", target_norm="per_t"), "infonce"
         timesteps = TimestepConfig("reinforced", **policy)
-    else:  # ours, ours-dense, ours-fused: the probe's layer(s) at clean t = 0, per-channel standardised target
+    else:  # ours, ours-pooled, ours-fused: the probe's layer(s) at clean t = 0, per-channel standardised target
         teacher = TeacherSection(source=args.teacher, layer=FUSED_LAYERS if recipe == "ours-fused" else PROBE_LAYER)
-        options = {"mode": "dense", "grid": "coarser"} if recipe == "ours-dense" else {}
+        options = {"mode": "dense", "grid": "coarser"} if recipe == "ours" else {}
         loss = LossSection("hint", target_norm="per_t", target_bins=1, options=options)
         timesteps = TimestepConfig("fixed", t=0)
     teacher = dataclasses.replace(teacher, init=init)

@@ -95,3 +95,43 @@ def test_config_errors_are_one_sentence(capsys, tmp_path):
     assert "timesteps.entropy" in capsys.readouterr().err
     assert main(["distill", "--config", str(tmp_path / "missing.yaml")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_several_teacher_layers_fuse_into_one_pooled_target_and_dense_losses_refuse_them(tmp_path):
+    from repfusion.distill.run import LossSection
+
+    layers = ["down_blocks.1", "mid_block", "up_blocks.0"]
+    cfg = tiny_run(teacher=TeacherSection(source="tiny-16", layer=layers))
+    module = build_distillation(cfg, ImageDataModule(cfg.data))
+    images = torch.rand(4, 3, 16, 16)
+    target = module.teacher_features(images, torch.zeros(4, dtype=torch.long))
+    maps = module.teacher(images * 2 - 1, torch.zeros(4, dtype=torch.long), tuple(layers))
+    assert target.shape == (4, sum(maps[layer].shape[1] for layer in layers))
+    module.eval()  # the standardiser's statistics are per channel of the fused vector
+    assert module.target_norm.mean.shape[1] == target.shape[1]
+    dense = tiny_run(teacher=TeacherSection(source="tiny-16", layer=layers),
+                     loss=LossSection(name="hint", options={"mode": "dense"}))
+    with pytest.raises(RepFusionError, match="make one pooled target"):
+        build_distillation(dense, ImageDataModule(dense.data))
+
+
+def test_the_reward_head_also_trains_on_a_uniform_t_not_only_the_policys():
+    """Trained only where the policy samples, the head would score those bins best and feed the policy's choice
+    back to it; with head_uniform_t (our default) every step also shows it one uniformly drawn t per image."""
+    from repfusion.distill.timesteps import TimestepConfig
+
+    for uniform in (True, False):
+        cfg = tiny_run(timesteps=TimestepConfig(head_uniform_t=uniform), reward="label")
+        module = build_distillation(cfg, ImageDataModule(cfg.data))
+        seen: list[torch.Tensor] = []
+        original = module.teacher_features
+        module.teacher_features = lambda images, t, labels=None: seen.append(t.clone()) or original(images, t, labels)
+        module.timesteps.sample = lambda x, epoch: __import__("repfusion.distill.timesteps", fromlist=["x"]).TimestepDraw(
+            torch.zeros(len(x), dtype=torch.long), torch.zeros(len(x), requires_grad=True), torch.ones(len(x)),
+            None)
+        module.epoch_progress = lambda batch_idx: 0.0
+        module.log_dict = module.log = lambda *a, **k: None
+        module.training_step((torch.rand(64, 3, 16, 16), torch.randint(0, 10, (64,))), 0)
+        assert len(seen) == (2 if uniform else 1)
+        if uniform:
+            assert seen[1].float().std() > 100  # spread over [0, T), while the policy drew t = 0 only

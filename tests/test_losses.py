@@ -128,3 +128,8 @@ def test_a_finer_student_map_is_area_pooled_so_every_position_gets_gradient(grid
     assert bool((student.grad.abs().sum((0, 1)) > 0).all())
     expected = F.mse_loss(F.avg_pool2d(loss.adapter(student), 8), teacher)
     assert torch.allclose(loss(student, teacher), expected, atol=1e-6)
+
+
+def test_a_loss_weight_that_is_not_a_number_is_one_sentence():
+    with pytest.raises(RepFusionError, match="loss.options.weight must be a number, not 'x'"):
+        build_loss("hint", (8,), (16,), weight="x")

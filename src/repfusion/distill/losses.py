@@ -203,6 +203,9 @@ class RelationalLoss(nn.Module):
 def build_loss(name: str, student_shape: Shape, teacher_shape: Shape, **kwargs: object) -> nn.Module:
     """The named loss for these feature shapes; bad options raise naming them."""
     cls = LOSSES.get(name)
+    for key, value in kwargs.items():
+        if key.endswith("weight") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RepFusionError(f"loss.options.{key} must be a number, not {value!r}.")
     try:
         return cls(student_shape, teacher_shape, **kwargs)
     except TypeError as e:

@@ -13,6 +13,7 @@ from ..analysis.plots import plot_curves, plot_timestep_history
 from ..config import JSONValue
 from ..data import DataConfig, ImageDataModule, Normalize
 from ..data.datasets import dataset_targets
+from ..checks import check_run_config
 from ..errors import RepFusionError
 from ..features import layer_output, resolve_modules
 from ..io import replace_dir, staging_dir, write_json
@@ -114,6 +115,9 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
         student.eval()
         student_shape = tuple(layer_output(student, student_layer, torch.zeros(2, channels, height, width)).shape[1:])
         student.train()
+    if (cfg.loss.name == "at" or cfg.loss.options.get("mode") == "dense") and len(layers) > 1:
+        raise RepFusionError(f"Several teacher layers ({', '.join(layers)}) make one pooled target, which the dense "
+                             f"{cfg.loss.name} loss cannot use; give one teacher.layer or a pooled loss.")
     loss = build_loss(cfg.loss.name, student_shape, teacher_shape, **cfg.loss.options)
     with torch.no_grad():  # alignment check on dummy tensors: a mismatch fails here, not mid-epoch
         loss(torch.zeros(2, *student_shape), torch.zeros(2, *teacher_shape))
@@ -127,9 +131,6 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
                              "timestep strategy).")
     reward = build_reward(cfg.reward, teacher_shape[0], student_shape[0], datamodule.num_classes)
     dense = cfg.loss.name == "at" or cfg.loss.options.get("mode") == "dense"
-    if dense and len(layers) > 1:
-        raise RepFusionError(f"Several teacher layers ({', '.join(layers)}) make one pooled target, which the dense "
-                             f"{cfg.loss.name} loss cannot use; give one teacher.layer or a pooled loss.")
     target_norm = build_target_norm(cfg.loss.target_norm, teacher_shape[0], teacher.num_timesteps,
                                     cfg.loss.target_bins, pooled=not dense)
     return Distillation(
@@ -155,6 +156,7 @@ def export_student(module: Distillation, cfg: DistillRun, out: Path, steps: int 
 def run_distillation(cfg: DistillRun, run_dir: Path, resume: bool = False,
                      on_start: Callable[[], None] | None = None) -> Path:
     """Everything is built and checked (resume included) before `on_start` and the first write."""
+    check_run_config(cfg)  # the Python API gets the command line's up-front checks
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = ImageDataModule(cfg.data)
     module = build_distillation(cfg, datamodule)

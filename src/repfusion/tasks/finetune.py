@@ -14,6 +14,7 @@ from ..analysis.plots import plot_curves
 from ..data import DataConfig, ImageDataModule
 from ..ema import final_raw_weights, keep_better
 from ..data.datasets import dataset_targets
+from ..checks import check_run_config
 from ..errors import RepFusionError
 from ..io import replace_dir, staging_dir, write_json
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
@@ -100,6 +101,7 @@ def validation_score(trainer: pl.Trainer, module: pl.LightningModule, datamodule
 def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
                  on_start: Callable[[], None] | None = None) -> dict[str, float | str]:
     """Everything is built and checked (resume included) before `on_start` and the first write."""
+    check_run_config(cfg)  # the Python API gets the command line's up-front checks
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     spec = TASKS.get(cfg.task)
     datamodule = ImageDataModule(cfg.data, labelled_only=True)

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin
+from diffusers import ConfigMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
 from ...errors import RepFusionError
+from ...pretrained import PretrainedModel
 from ...students import build_student
 from ...students.resnet import RESNET_ARCHS, ResNet, scaled
 
@@ -102,7 +103,7 @@ def spatial_strides(arch: str) -> tuple[int, int, int]:
     return (2, 2, 2) if RESNET_ARCHS[arch][2] == "imagenet" else (2, 1, 1)
 
 
-class BiSeNetV1(ModelMixin, ConfigMixin):
+class BiSeNetV1(PretrainedModel, ConfigMixin):
     """BiSeNetV1 whose context path is a repfusion ResNet student.
 
     Args:

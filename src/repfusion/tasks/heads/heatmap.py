@@ -12,11 +12,12 @@ Heatmaps are at stride 4: 64x64 for a 256x256 face.
 from __future__ import annotations
 
 import torch
-from diffusers import ConfigMixin, ModelMixin
+from diffusers import ConfigMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ...errors import RepFusionError
+from ...pretrained import PretrainedModel
 from ...students import HRNet, build_student
 from ...students.resnet import scaled
 
@@ -46,7 +47,7 @@ class HeatmapHead(nn.Module):
         return self.final(self.layers(x))
 
 
-class LandmarkNet(ModelMixin, ConfigMixin):
+class LandmarkNet(PretrainedModel, ConfigMixin):
     """Backbone (`self.backbone`, a repfusion student) + heatmap head (`self.head`).
 
     Args:
