@@ -59,7 +59,7 @@ class DenseDemoConfig:
     image_size: int = 32
     teacher_epochs: int = 5
     distill_epochs: int = 3
-    finetune_epochs: int = 24
+    finetune_epochs: int = 20
     arch: str = "resnet18_cifar"
     width: float = 0.25
     teacher_layer: str = "mid_block.resnets.1.conv2"
