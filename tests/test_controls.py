@@ -76,3 +76,24 @@ def test_paired_entry_is_in_points_with_the_papers_keys():
     entry = paired_entry("ours", "ours-random", [0.5, 0.6, 0.7], [0.4, 0.5, 0.6], "test_top1", 0.1)
     assert set(entry) == {"fraction", "a", "b", "metric", "mean", "low", "high", "n"}
     assert entry["mean"] == pytest.approx(10.0) and entry["n"] == 3 and entry["low"] == pytest.approx(10.0)
+
+
+def test_the_distill_hint_carries_the_data_section_to_the_next_stage(tmp_path, capsys):
+    from repfusion.cli import main
+
+    assert main(["distill", "--teacher.source", "tiny-16", "--data.source", "digits", "--data.image_size", "16",
+                 "--data.flip", "false", "--data.train_limit", "40", "--data.batch_size", "16", "--student.width",
+                 "0.125", "--trainer.max_epochs", "1", "--trainer.progress", "false", "--reward", "none",
+                 "--timesteps.strategy", "fixed", "--run-dir", str(tmp_path / "d")]) == 0
+    hint = capsys.readouterr().out
+    assert "--data.image_size 16" in hint and "--data.flip false" in hint and "--data.train_limit 40" in hint
+
+
+def test_a_scratch_baseline_without_a_width_says_so(tmp_path, capsys):
+    from repfusion.tasks.backbone import resolve_architecture
+    from repfusion.tasks.finetune import ModelSection
+
+    assert resolve_architecture(None, ModelSection()) == ("resnet18_cifar", 1.0)
+    assert "width 1.0" in capsys.readouterr().err
+    assert resolve_architecture(None, ModelSection("resnet18_cifar", 0.25)) == ("resnet18_cifar", 0.25)
+    assert capsys.readouterr().err == ""

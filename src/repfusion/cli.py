@@ -50,9 +50,29 @@ def _teacher(argv: list[str]) -> None:
 def _distill(argv: list[str]) -> None:
     from .distill.run import DistillRun, run_distillation
 
-    _, _, out = _configured_run("distill", argv, DistillRun, "RepFusion pre-training of a student from a DPM teacher.",
-                                run_distillation)
-    _say(f"Distilled student saved to {out}; fine-tune it with: repfusion finetune --init {out.parent}")
+    config, _, out = _configured_run("distill", argv, DistillRun, "RepFusion pre-training of a student from a DPM "
+                                     "teacher.", run_distillation)
+    _say(f"Distilled student saved to {out}; fine-tune it with: repfusion finetune --init {out.parent}"
+         f"{data_flags(config.data)}")
+
+
+def data_flags(data) -> str:
+    """The data keys that differ from the defaults, as flags: the hint's next stage reads the same data."""
+    import json
+    import shlex
+    from dataclasses import fields
+
+    from .data import DataConfig
+
+    defaults = DataConfig()
+    shown = []
+    for f in fields(DataConfig):
+        value = getattr(data, f.name)
+        if f.name not in ("label_fraction", "labels_per_class") and value != getattr(defaults, f.name):
+            text = str(value).lower() if isinstance(value, bool) else (
+                json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value))
+            shown.append(f" --data.{f.name} {shlex.quote(text)}")
+    return "".join(shown)
 
 
 def _finetune(argv: list[str]) -> None:

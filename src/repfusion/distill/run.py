@@ -75,6 +75,8 @@ class LossSection:
 
 @dataclass
 class DistillRun:
+    """RepFusion pre-training: teacher, student, loss, timesteps and reward, on one data section."""
+
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
     loss: LossSection = field(default_factory=LossSection)

@@ -52,6 +52,11 @@ def resolve_architecture(init: str | None, student: ModelChoice, default_arch: s
     """The init's architecture wins; asking for another one is an error, not a silent partial load."""
     folder = student_folder(init) if init else None
     if folder is None:
+        if student.width is None:  # a scratch baseline four times wider than a width-0.25 student compares nothing
+            import sys
+
+            print(f"note: no init and no student.width: the network is {student.arch or default_arch} at width 1.0; "
+                  "set student.arch/width to the distilled student's for a fair baseline.", file=sys.stderr)
         return student.arch or default_arch, student.width or 1.0
     saved = read_student_config(folder)
     arch, width = saved["arch"], float(saved["width"])
