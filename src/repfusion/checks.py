@@ -1,7 +1,7 @@
 """Checks of optimiser and Trainer values that Lightning or torch would reject only once training starts.
 
 `check_run_config` runs on the parsed config of every training verb before anything is built or written
-(the command line calls it right after parsing; the runners call it too, for the Python API), so a bad
+(`config.parse_config` calls it right after parsing; the runners call it too, for the Python API), so a bad
 value is one sentence and the run folder is left as it was.
 """
 
@@ -156,8 +156,9 @@ def check_timesteps_values(cfg: Any, name: str = "timesteps") -> None:
 def check_run_config(config: Any) -> None:
     """Every optimiser, Trainer, data and timestep section of a parsed run config (a dataclass of sections),
     and a distillation loss's weight."""
+    from .config import check_data_config
     from .data.datamodule import DataConfig
-    from .training import OptimConfig, TrainerConfig
+    from .training import OptimConfig, TrainerConfig, check_trainer_config
 
     if not is_dataclass(config):
         return
@@ -166,10 +167,12 @@ def check_run_config(config: Any) -> None:
         if isinstance(section, OptimConfig):
             check_optim_config(section, f.name)
         elif isinstance(section, TrainerConfig):
+            check_trainer_config(section, f.name)
             check_trainer_values(section, f.name)
             if not _whole(section.seed) or not 0 <= section.seed <= SEED_LIMIT:
                 raise RepFusionError(f"{f.name}.seed must be a whole number in [0, {SEED_LIMIT}], not {section.seed}.")
         elif isinstance(section, DataConfig):
+            check_data_config(section, f.name)
             check_data_values(section, f.name)
         elif f.name == "timesteps" and is_dataclass(section):
             check_timesteps_values(section, f.name)

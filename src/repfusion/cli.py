@@ -15,13 +15,11 @@ def _configured_run(verb: str, argv: list[str], schema: type, description: str, 
     Nothing is written until every check has passed: the runner builds everything, checks the resume
     checkpoint, and only then calls back to save the resolved config (on rank 0 only).
     """
-    from .checks import check_run_config
     from .config import check_resume_config, config_parser, parse_config, save_resolved
     from .io import check_writable_dir
 
     parser = config_parser(f"repfusion {verb}", schema, description)
     run = parse_config(parser, schema, argv)
-    check_run_config(run.config)  # optimiser and Trainer values Lightning would reject only once training starts
     run_dir = run.run_dir or Path("runs") / verb
     check_writable_dir(run_dir)
     if run.resume:

@@ -184,15 +184,9 @@ def _as_data(obj: Any) -> Any:
 
 def check_values(config: Any) -> None:
     """Values a type cannot express (ranges, Lightning's choices), checked before anything is built or written."""
-    from .data.datamodule import DataConfig
-    from .training import TrainerConfig, check_trainer_config
+    from .checks import check_run_config
 
-    for f in fields(config):
-        section = getattr(config, f.name)
-        if isinstance(section, DataConfig):
-            check_data_config(section, f.name)
-        elif isinstance(section, TrainerConfig):
-            check_trainer_config(section, f.name)
+    check_run_config(config)
 
 
 def check_data_config(cfg: Any, name: str = "data") -> None:

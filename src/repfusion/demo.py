@@ -23,9 +23,9 @@ from .analysis.plots import plot_arms
 from .analysis.student_probe import probe_student
 from .data import DataConfig, ImageDataModule
 from .data.labels import check_label_budget
-from .demo_arms import (ARMS, TEACHERS, compare_arms, cost_section, distill_dir, finetune_arms, pairs_lines, run_once,
-                        verdict)
-from .distill.run import DistillRun, LossSection, StudentSection, TeacherSection, run_distillation
+from .demo_arms import (ARMS, TEACHERS, compare_arms, cost_section, distill_arms, distill_dir, finetune_arms,
+                        pairs_lines, run_once, verdict)
+from .distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from .distill.timesteps import TimestepConfig
 from .errors import RepFusionError
 from .io import write_json, write_text
@@ -172,12 +172,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                                out / "teacher", cfg))
 
     def distill_all() -> None:
-        for seed in range(cfg.seeds):
-            for arm, init in TEACHERS.items():
-                run_dir = distill_dir(out, arm, seed)
-                run_once(run_dir / "student" / "config.json",
-                         lambda r: run_distillation(distill_config(cfg, teacher_dir, init, seed), run_dir, r),
-                         run_dir, cfg)
+        distill_arms(cfg, out, lambda init, seed: distill_config(cfg, teacher_dir, init, seed))
 
     run_stage(f"2/5 distil, per seed, the trained teacher and a random-weight one into the student (no labels, "
               f"{2 * cfg.seeds} runs)", cfg, distill_all)

@@ -40,6 +40,18 @@ def run_once(done: Path, run: Callable[[bool], Any], run_dir: Path, cfg: Any) ->
     return run(resume)
 
 
+def distill_arms(cfg: Any, out: Path, make_run: Callable[[str, int], Any]) -> None:
+    """Per seed, the distillation from the trained teacher and from the random-weight one; `make_run(init,
+    seed)` gives the run's config, so each demo keeps its own recipe."""
+    from .distill.run import run_distillation
+
+    for seed in range(cfg.seeds):
+        for arm, init in TEACHERS.items():
+            run_dir = distill_dir(out, arm, seed)
+            run_once(run_dir / "student" / "config.json",
+                     lambda r: run_distillation(make_run(init, seed), run_dir, r), run_dir, cfg)
+
+
 def labelled_images(data: DataConfig) -> int:
     images = ImageDataModule(data, labelled_only=True)
     images.setup()

@@ -22,8 +22,8 @@ from typing import Any
 from .analysis.plots import plot_arms
 from .data import DataConfig
 from .demo import check_out, demo_trainer, results_table, run_stage
-from .demo_arms import TEACHERS, compare_arms, cost_section, distill_dir, finetune_arms, run_once, verdict
-from .distill.run import DistillRun, LossSection, StudentSection, TeacherSection, run_distillation
+from .demo_arms import compare_arms, cost_section, distill_arms, finetune_arms, run_once, verdict
+from .distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from .distill.timesteps import TimestepConfig
 from .errors import RepFusionError
 from .io import write_json, write_text
@@ -140,12 +140,7 @@ def run_dense_demo(cfg: DenseDemoConfig) -> dict:
               lambda: run_once(teacher_dir / "config.json", lambda r: train_teacher(teacher_run, out / "teacher", r),
                                out / "teacher", cfg))
     def distill_all() -> None:
-        for seed in range(cfg.seeds):
-            for arm, init in TEACHERS.items():
-                run_dir = distill_dir(out, arm, seed)
-                run_once(run_dir / "student" / "config.json",
-                         lambda r: run_distillation(distill_config(cfg, teacher_dir, init, seed), run_dir, r),
-                         run_dir, cfg)
+        distill_arms(cfg, out, lambda init, seed: distill_config(cfg, teacher_dir, init, seed))
 
     run_stage(f"2/4 dense distillation at t = 0 into the backbone, per seed from the trained and a random-weight "
               f"teacher (no targets, {2 * cfg.seeds} runs)", cfg, distill_all)
