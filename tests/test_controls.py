@@ -97,3 +97,17 @@ def test_a_scratch_baseline_without_a_width_says_so(tmp_path, capsys):
     assert "width 1.0" in capsys.readouterr().err
     assert resolve_architecture(None, ModelSection("resnet18_cifar", 0.25)) == ("resnet18_cifar", 0.25)
     assert capsys.readouterr().err == ""
+
+
+def test_the_verdict_reads_the_intervals():
+    from repfusion.demo_arms import verdict
+
+    def pair(b, low, high):
+        return {"a": "repfusion", "b": b, "low": low, "high": high, "mean": (low + high) / 2}
+
+    assert "knowledge transferred" in verdict([pair("random-teacher", 1, 3), pair("scratch", 2, 4),
+                                               pair("scratch-equal", 1, 2)])
+    assert "not from what the diffusion model learned" in verdict([pair("random-teacher", -1, 3), pair("scratch", 1, 4),
+                                                                   pair("scratch-equal", -1, 2)])
+    assert verdict([pair("random-teacher", -1, 3), pair("scratch", -1, 4), pair("scratch-equal", -2, -1)]).startswith(
+        "scratch-equal beats RepFusion")

@@ -109,6 +109,10 @@ def verdict(pairs: list[dict]) -> str:
     """One plain sentence on what the gain comes from, read off the intervals."""
     by_control = {p["b"] if p["a"] == "repfusion" else p["a"]: p for p in pairs}
     vs_random, vs_scratch = by_control["random-teacher"], by_control["scratch"]
+    better = [control for control, p in by_control.items() if p["high"] < 0]
+    if better:
+        return (f"{' and '.join(better)} beat{'s' if len(better) == 1 else ''} RepFusion with the 95 % interval "
+                "below zero: at this scale the distillation does not pay for the training it costs.")
     if vs_random["low"] > 0:
         return ("The trained teacher beats the random-weight teacher with the 95 % interval above zero: the "
                 "diffusion model's knowledge transferred.")
