@@ -119,7 +119,7 @@ def main() -> None:
         return
 
     import torch
-    from repfusion.analysis.controls import equal_compute_epochs, steps_per_epoch
+    from repfusion.analysis.controls import equal_compute_epochs, labelled_images, steps_per_epoch
     from repfusion.analysis.student_probe import probe_student
     from repfusion.data import DataConfig, ImageDataModule
     from repfusion.distill.run import run_distillation
@@ -165,9 +165,8 @@ def main() -> None:
                 done = run_dir / "summary.json"
                 arm_epochs = epochs
                 if arm == "scratch-equal":
-                    images = ImageDataModule(labelled, labelled_only=True)
-                    images.setup()
-                    arm_epochs = equal_compute_epochs(distill_steps, len(images.train_set), labelled.batch_size, epochs)
+                    arm_epochs = equal_compute_epochs(distill_steps, labelled_images(labelled), labelled.batch_size,
+                                                      epochs)
                 if not done.exists():
                     start = time.time()
                     init = None if arm.startswith("scratch") else str(args.work / arm / f"seed{seed}" / "distill")

@@ -138,12 +138,12 @@ def finetune_config(cfg: DemoConfig, init: Path | None, seed: int) -> FinetuneRu
 
 def probe_backbones(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     """Linear probe and k-NN of every frozen backbone, fitted on the training images, scored on validation."""
+    import torch
+
     splits = ImageDataModule(data_config(cfg))
     splits.setup()
     found: dict[str, list[dict[str, float]]] = {"random init": [], **{arm: [] for arm in TEACHERS}}
     for seed in range(cfg.seeds):
-        import torch
-
         torch.manual_seed(seed)
         found["random init"].append(probe_student("random", splits.train_set, splits.val_set, arch=cfg.arch,
                                                   width=cfg.width))

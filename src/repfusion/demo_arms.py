@@ -15,8 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .analysis.controls import distill_steps, equal_compute_epochs, paired_entry
-from .data import DataConfig, ImageDataModule
+from .analysis.controls import distill_steps, equal_compute_epochs, labelled_images, paired_entry
 from .tasks.finetune import FinetuneRun, run_finetune
 
 ARMS = ("scratch", "scratch-equal", "repfusion", "random-teacher")
@@ -50,12 +49,6 @@ def distill_arms(cfg: Any, out: Path, make_run: Callable[[str, int], Any]) -> No
             run_dir = distill_dir(out, arm, seed)
             run_once(run_dir / "student" / "config.json",
                      lambda r: run_distillation(make_run(init, seed), run_dir, r), run_dir, cfg)
-
-
-def labelled_images(data: DataConfig) -> int:
-    images = ImageDataModule(data, labelled_only=True)
-    images.setup()
-    return len(images.train_set)  # type: ignore[arg-type]
 
 
 def equal_compute(run: FinetuneRun, distilled: Path) -> FinetuneRun:

@@ -31,6 +31,15 @@ def equal_compute_epochs(distill_steps: int, images: int, batch_size: int, finet
     return finetune_epochs + math.ceil(distill_steps / steps_per_epoch(images, batch_size))
 
 
+def labelled_images(data) -> int:
+    """How many training images fine-tuning on `data` (a DataConfig) sees, after the hold-out and label cut."""
+    from ..data import ImageDataModule
+
+    images = ImageDataModule(data, labelled_only=True)
+    images.setup()
+    return len(images.train_set)  # type: ignore[arg-type]
+
+
 def distill_steps(run_dir: Path) -> int:
     """The optimiser steps a finished distillation took (recorded at export)."""
     record = Path(run_dir) / "student" / "distillation.json"

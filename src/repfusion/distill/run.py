@@ -117,7 +117,8 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
         student.eval()
         student_shape = tuple(layer_output(student, student_layer, torch.zeros(2, channels, height, width)).shape[1:])
         student.train()
-    if (cfg.loss.name == "at" or cfg.loss.options.get("mode") == "dense") and len(layers) > 1:
+    dense = cfg.loss.name == "at" or cfg.loss.options.get("mode") == "dense"
+    if dense and len(layers) > 1:
         raise RepFusionError(f"Several teacher layers ({', '.join(layers)}) make one pooled target, which the dense "
                              f"{cfg.loss.name} loss cannot use; give one teacher.layer or a pooled loss.")
     loss = build_loss(cfg.loss.name, student_shape, teacher_shape, **cfg.loss.options)
@@ -132,7 +133,6 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
                              f"{' and '.join(carried)}; set reward to infonce or none (with a fixed or uniform "
                              "timestep strategy).")
     reward = build_reward(cfg.reward, teacher_shape[0], student_shape[0], datamodule.num_classes)
-    dense = cfg.loss.name == "at" or cfg.loss.options.get("mode") == "dense"
     target_norm = build_target_norm(cfg.loss.target_norm, teacher_shape[0], teacher.num_timesteps,
                                     cfg.loss.target_bins, pooled=not dense)
     return Distillation(
