@@ -66,7 +66,7 @@ def data_flags(data) -> str:
     shown = []
     for f in fields(DataConfig):
         value = getattr(data, f.name)
-        if f.name not in ("label_fraction", "labels_per_class") and value != getattr(defaults, f.name):
+        if f.name not in ("label_fraction", "labels_per_class", "label_seed") and value != getattr(defaults, f.name):
             text = str(value).lower() if isinstance(value, bool) else (
                 json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value))
             shown.append(f" --data.{f.name} {shlex.quote(text)}")
@@ -81,6 +81,14 @@ def _finetune(argv: list[str]) -> None:
     shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()) if k.count("/") == 1)  # per-class: results.json
     _say(f"Test results ({config.init or 'scratch'}): {shown} (all in {run_dir / 'results.json'}); model saved to "
          f"{run_dir / 'model'}")
+
+
+def _pretrain(argv: list[str]) -> None:
+    from .pipeline import PretrainRun, run_pretrain
+
+    _configured_run("pretrain", argv, PretrainRun, "One command from a folder of images to a distilled backbone "
+                    "(and, with labels, a report against scratch, equal-compute scratch and a random-weight teacher).",
+                    run_pretrain)
 
 
 def _demo(argv: list[str]) -> None:
@@ -239,11 +247,16 @@ def _layers(argv: list[str]) -> None:
 
 VERBS = {
     "demo": (_demo, "the whole pipeline on embedded data, with a report"),
+    "pretrain": (_pretrain, "one command: your folder (+ teacher, labels) to a distilled backbone and a report"),
     "teacher": (_teacher, "train a DDPM teacher"),
     "distill": (_distill, "RepFusion distillation of a student from a teacher"),
     "finetune": (_finetune, "fine-tune a distilled student (or train from scratch)"),
     "probe": (_probe, "what a teacher knows at each t, or a frozen student's probe accuracy"),
     "layers": (_layers, "list a teacher's or student's layers with output shapes"),
+    "export": (lambda argv: __import__("repfusion.export", fromlist=["run"]).run(argv),
+               "a run's backbone as ONNX or torchvision-keyed weights"),
+    "embed": (lambda argv: __import__("repfusion.embed", fromlist=["run"]).run(argv),
+              "pooled features of every image in a folder, with the file list"),
 }
 
 

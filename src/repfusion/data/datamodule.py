@@ -16,6 +16,7 @@ from .datasets import base_dataset, image_folder
 from .device_data import DeviceBatches, device_batches
 from .digits import digits
 from .faces import faces
+from .folder_labels import check_labels_option, csv_folder, file_holdout, labels_kind, unlabeled_folder
 from .labels import check_label_budget, labelled_subset
 from .tiny_imagenet import tiny_imagenet
 from .wflw import wflw
@@ -49,6 +50,7 @@ class DataConfig:
 
     source: str = "digits"
     root: str | None = None
+    labels: str | None = None  # folder source: folders (class sub-folders) | none (every image, recursively) | a .csv
     image_size: int | None = None
     batch_size: int = 128
     num_workers: int = 0
@@ -61,6 +63,7 @@ class DataConfig:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     label_fraction: float = 1.0
     labels_per_class: int | None = None
+    label_seed: int | None = None  # seed of the labelled subset's draw (null: split_seed); splits stay put
     faces_train: int = 2000
     faces_test: int = 500
     faces_seed: int = 0
@@ -68,6 +71,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_label_budget(self.label_fraction, self.labels_per_class)
+        check_labels_option(self.labels, self.source)
         for name in ("faces_train", "faces_test"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -105,9 +109,13 @@ def build_split(config: DataConfig, train: bool) -> Dataset:
     split_dir = root / ("train" if train else "val")
     if not train and not split_dir.exists() and (root / "test").exists():
         split_dir = root / "test"
-    if (root / "train").is_dir():
-        return image_folder(split_dir, config.image_size or 32, within=root)
-    return image_folder(root, config.image_size or 32)  # no split folders: val_fraction carves one out
+    folder = split_dir if (root / "train").is_dir() else root  # no split folders: a per-file test hold-out
+    kind = labels_kind(config.labels, root)
+    if kind == "none":
+        return unlabeled_folder(folder, config.image_size or 32, within=root)
+    if kind == "csv":
+        return csv_folder(folder, Path(str(config.labels)), config.image_size or 32, within=root)
+    return image_folder(folder, config.image_size or 32, within=root)
 
 
 def _holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -139,7 +147,9 @@ def train_test_split(config: DataConfig) -> tuple[Dataset, Dataset]:
         if len(full_train) < 2:
             raise RepFusionError(f"Dataset folder {config.root} holds one image, too few to hold any out for "
                                  "testing; add images or give train/ and val/ sub-folders.")
-        train_idx, test_idx = _holdout(len(full_train), SINGLE_FOLDER_TEST, config.split_seed)
+        # per file, from its path: the unlabeled and the labelled view of one folder agree on the test images
+        train_idx, test_idx = file_holdout(full_train.files, Path(str(config.root)), SINGLE_FOLDER_TEST,
+                                           config.split_seed)
         return Subset(full_train, train_idx), Subset(full_train, test_idx)
     return full_train, build_split(config, train=False)
 
@@ -168,7 +178,8 @@ class ImageDataModule(pl.LightningDataModule):
         else:
             self.train_set, self.val_set = full_train, self.test_set
         if self.labelled_only and (cfg.label_fraction < 1.0 or cfg.labels_per_class is not None):
-            keep = labelled_subset(self.train_set, cfg.label_fraction, cfg.labels_per_class, cfg.split_seed)
+            keep = labelled_subset(self.train_set, cfg.label_fraction, cfg.labels_per_class,
+                                   cfg.split_seed if cfg.label_seed is None else cfg.label_seed)
             self.train_set = Subset(self.train_set, keep)
         if cfg.train_limit is not None:
             self.train_set = Subset(self.train_set, list(range(min(cfg.train_limit, len(self.train_set)))))

@@ -1,0 +1,80 @@
+"""`repfusion pretrain`: one config for the whole pipeline, one data section carried through every stage.
+
+Sections follow the training verbs' dialect (`--data.root`, `--teacher.source`, `--student.arch`); the
+stage budgets default to the recipe the CIFAR benchmark measured (dense hint on a decoder layer at
+clean t = 0, label-free, per-channel standardised target), with the layer and t chosen per dataset by
+a short probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..data import DataConfig
+from ..jsondata import JSONValue
+from ..training import TrainerConfig
+
+
+@dataclass
+class TeacherChoice:
+    """source: any teacher the project loads (preset, save_pretrained folder, pipeline folder, ADM .pt file,
+    hub id); null trains a DDPM on the folder first (`preset`, default by image size: tiny-16 up to 16 px,
+    small-32 above), for `epochs` epochs, without labels."""
+
+    source: str | None = None
+    preset: str | None = None
+    epochs: int = 40
+    lr: float = 2e-4
+    class_label: int | str = "auto"
+    adm_flags: str | dict[str, JSONValue] = "imagenet-64"
+    uncond_embedding: str | None = None
+
+
+@dataclass
+class StudentChoice:
+    """arch: a built-in student (default resnet18_cifar up to 64 px, resnet18 above) or timm:/torchvision: name."""
+
+    arch: str | None = None
+    width: float = 1.0
+
+
+@dataclass
+class LayerChoice:
+    """Candidates for the teacher layer and t; with one of each there is nothing to choose and no probe runs.
+
+    layers: null = the teacher's encoder end, middle and decoder start; timesteps with clean input (t only
+    through the time embedding) and noised input are both probed (`modes`). With labels, the choice is the
+    largest linear-probe gap between the trained and a random-weight teacher on the validation split (what
+    the teacher knows beyond its architecture); without, the largest share of feature variance explained by
+    the image rather than by t (what a student, which never sees t, can predict).
+    """
+
+    layers: list[str] | None = None
+    timesteps: list[int] = field(default_factory=lambda: [0, 100, 300])
+    modes: list[str] = field(default_factory=lambda: ["clean", "noised"])
+    max_images: int = 1000
+
+
+@dataclass
+class StageBudget:
+    epochs: int
+    lr: float = 0.05
+    batch_size: int | None = None  # null: data.batch_size
+
+
+@dataclass
+class PretrainRun:
+    """Folder -> teacher (given or trained) -> layer/t choice -> distillation (trained and random-weight
+    teacher, per seed) -> exported backbone -> with labels: frozen probes and fine-tuning of RepFusion,
+    scratch, equal-compute scratch and the random-teacher student on a stratified label fraction -> report.
+    """
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="folder", labels="auto"))
+    teacher: TeacherChoice = field(default_factory=TeacherChoice)
+    student: StudentChoice = field(default_factory=StudentChoice)
+    choice: LayerChoice = field(default_factory=LayerChoice)
+    distill: StageBudget = field(default_factory=lambda: StageBudget(epochs=30))
+    finetune: StageBudget = field(default_factory=lambda: StageBudget(epochs=50))
+    seeds: int = 3
+    controls: bool = True  # the random-weight teacher and both scratch arms beside RepFusion
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(ema_decay=0.99, log_every_n_steps=5))

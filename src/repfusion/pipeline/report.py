@@ -1,0 +1,64 @@
+"""The pipeline's report: what was chosen and why, every arm, the paired differences with their 95 %
+intervals, a one-sentence verdict, plots and the cost; Markdown beside results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..analysis.plots import plot_arms
+from ..demo_arms import cost_section, pairs_lines
+from ..io import write_text
+
+
+def results_table(summary: dict, pairs: list[dict], scale: float = 100.0, unit: str = "%",
+                  heading: str = "test top-1 (mean ± std)") -> str:
+    lines = [f"| arm | {heading} | runs |", "|---|---|---|"]
+    for arm, s in summary.items():
+        runs = ", ".join(f"{scale * r:.2f}" for r in s["runs"])
+        lines.append(f"| {arm} | {scale * s['mean']:.2f} ± {scale * s['std']:.2f} {unit} | {runs} |")
+    return "\n".join(lines + pairs_lines(pairs))
+
+
+def probe_table(probe: dict[str, list[dict[str, float]]]) -> str:
+    def shown(runs: list[dict[str, float]], key: str) -> str:
+        return ", ".join(f"{100 * run[key]:.2f}" for run in runs)
+
+    rows = "\n".join(f"| {name} | {shown(runs, 'linear_probe')} | {shown(runs, 'knn')} |" for name, runs in probe.items())
+    return f"| backbone | linear probe (%) | k-NN (%) |\n|---|---|---|\n{rows}"
+
+
+def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
+    data, facts, choice = result["data"], result["data"]["facts"], result["choice"]
+    where = data.get("root") or data["source"]
+    parts = [f"# RepFusion pretrain report: {where}", "",
+             f"Images: {facts['train_images']} training, {facts['test_images']} test ({facts['layout']}); labels: "
+             f"{facts['labels']}; {data['image_size']} px ({facts['size_reason']}). Teacher: `{result['teacher']}`. "
+             f"Student {result['student']['arch']} at width {result['student']['width']}. 10 % of the training "
+             "images are the validation split, which makes every choice; the test split is only reported.", "",
+             f"## Teacher layer and t", "", f"`{choice['layer']}`, {choice['mode']} input, t = {choice['t']}: "
+             f"{choice['reason']} Details: [choice.md](choice.md).", "",
+             "## Distillation", "", f"Label-free dense hint on that layer ({cfg.distill.epochs} epochs), the target "
+             "standardised per channel. Seed 0, trained teacher:", "",
+             "![curves](distill-repfusion-seed0/curves.png)", ""]
+    if "summary" in result:
+        summary = result["summary"]
+        fraction = 100 * data["label_fraction"]
+        plot_arms({arm: [100 * r for r in s["runs"]] for arm, s in summary.items()}, out / "accuracy.png",
+                  f"{Path(where).name}, {fraction:g} % labels: RepFusion and its controls")
+        parts += ["## Result", "",
+                  f"Fine-tuned on {fraction:g} % of the training labels (a stratified subset drawn per seed, the same "
+                  f"for every arm), {cfg.seeds} seeds, each with its own distillations; scratch "
+                  f"({cfg.finetune.epochs} epochs), scratch-equal (as many steps as distillation plus fine-tuning), "
+                  "repfusion, and random-teacher (the same recipe from a random-weight teacher of the same "
+                  "architecture: repfusion - random-teacher is what the diffusion model's knowledge adds).", "",
+                  results_table(summary, result["paired"]), "", result["verdict"], "", "![accuracy](accuracy.png)", "",
+                  "## What the frozen backbones know", "",
+                  "Linear probe and k-NN (k = 20, cosine) on pooled features, fitted on the labelled training images, "
+                  "scored on the validation split, before fine-tuning (one value per seed):", "",
+                  probe_table(result["probe"]), ""]
+    else:
+        parts += ["## Result", "", "No labels, so nothing is fine-tuned or compared: the backbone is in "
+                  "[student/](student/). Give class sub-folders or --data.labels FILE.csv for the comparison.", ""]
+    parts.append(cost_section(result))
+    write_text(out / "report.md", "\n".join(parts))

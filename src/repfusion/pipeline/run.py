@@ -1,0 +1,270 @@
+"""`repfusion pretrain`: from a folder of images to a distilled backbone, and, with labels, to a report on
+whether pre-training paid off against scratch, equal-compute scratch and a random-weight teacher.
+
+Stages (each skipped on --resume once finished; an interrupted one continues from its checkpoint):
+teacher (read, or trained on the folder without labels) -> layer / t choice -> distillation per seed from
+the trained teacher and, with labels, from a random-weight one -> exported backbone (RUN/student) ->
+with labels: frozen probes on the validation split and fine-tuning of the four arms (`demo_arms`) on a
+stratified label fraction drawn per seed -> report (Markdown, plots, JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from ..analysis.controls import paired_entry
+from ..analysis.student_probe import probe_student
+from ..data import DataConfig, ImageDataModule
+from ..demo_arms import ARMS, TEACHERS, compare_arms, distill_dir, finetune_arms, run_once, verdict
+from ..distill.run import DistillRun, LossSection, StudentSection, TeacherSection, run_distillation
+from ..distill.timesteps import TimestepConfig
+from ..errors import RepFusionError
+from ..io import replace_dir, staging_dir, write_json
+from ..tasks.finetune import FinetuneRun, ModelSection
+from ..teachers import DiffusionTeacher
+from ..teachers.presets import TEACHER_PRESETS
+from ..teachers.train import TeacherRun, train_teacher
+from ..training import OptimConfig
+from .choice import Choice, check_choice, choose, read_choice
+from .config import PretrainRun
+from .inspect import DataFacts, inspect_data, unlabeled_view
+from .progress import StageProgress
+from .report import write_report
+
+SETTINGS_FILE = "pretrain.json"
+
+
+class Plan:
+    """What `demo_arms` reads off a config: the seeds and whether finished runs are reused."""
+
+    def __init__(self, seeds: int, resume: bool) -> None:
+        self.seeds, self.resume = seeds, resume
+
+
+def check_pretrain(cfg: PretrainRun) -> None:
+    """One sentence per bad value, before anything is loaded or written."""
+    from ..checks import check_run_config
+
+    check_run_config(cfg)
+    for name, value in (("seeds", cfg.seeds), ("teacher.epochs", cfg.teacher.epochs),
+                        ("distill.epochs", cfg.distill.epochs), ("finetune.epochs", cfg.finetune.epochs),
+                        ("choice.max_images", cfg.choice.max_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RepFusionError(f"{name} must be a whole number >= 1, not {value}.")
+    if cfg.data.source == "folder" and not cfg.data.root:
+        raise RepFusionError("Give the folder of images with --data.root PATH (any nesting; class sub-folders or "
+                             "--data.labels FILE.csv add labels).")
+    if cfg.teacher.source is None and (cfg.teacher.preset or "small-32") not in ("tiny-16", "small-32"):
+        raise RepFusionError(f"teacher.preset {cfg.teacher.preset} is not one the pipeline trains here; use tiny-16 "
+                             "or small-32, or give a trained teacher with --teacher.source.")
+    if cfg.student.width <= 0:
+        raise RepFusionError(f"student.width must be positive, not {cfg.student.width}.")
+
+
+def check_out(out: Path, resume: bool, wanted: dict[str, Any]) -> None:
+    """A run folder is reused only with --resume and the same settings, so a report never mixes two runs."""
+    if out.exists() and not out.is_dir():
+        raise RepFusionError(f"--run-dir {out} is a file; give a folder for the pipeline's runs and report.")
+    if out.is_dir() and any(p.name != ".repfusion.lock" for p in out.iterdir()) and not resume:
+        raise RepFusionError(f"{out} already holds a run; pass --resume to continue or reuse it, or choose another "
+                             "--run-dir.")
+    saved = out / SETTINGS_FILE
+    if resume and saved.is_file() and json.loads(saved.read_text()) != wanted:
+        raise RepFusionError(f"{out} holds a pipeline run with other settings ({saved}); --resume reuses finished "
+                             "stages, so give the same settings or choose another --run-dir.")
+
+
+def settings(cfg: PretrainRun) -> dict[str, Any]:
+    """What the stages depend on (progress and hardware may change on resume)."""
+    found = asdict(cfg)
+    for key in ("progress", "devices", "num_nodes", "accelerator", "strategy", "log_every_n_steps"):
+        found["trainer"].pop(key, None)
+    found["data"].pop("num_workers", None)
+    return found
+
+
+def load_teacher(cfg: PretrainRun, source: str, init: str = "pretrained") -> DiffusionTeacher:
+    return DiffusionTeacher.from_source(source, class_label=cfg.teacher.class_label, adm_flags=cfg.teacher.adm_flags,
+                                        uncond_embedding=cfg.teacher.uncond_embedding, init=init, init_seed=0)
+
+
+def teacher_run(cfg: PretrainRun, data: DataConfig, preset: str) -> TeacherRun:
+    return TeacherRun(teacher=preset, data=replace(unlabeled_view(data), crop_padding=0),
+                      optim=OptimConfig(name="adamw", lr=cfg.teacher.lr, weight_decay=0.0, schedule="constant"),
+                      trainer=replace(cfg.trainer, max_epochs=cfg.teacher.epochs, ema_decay=0.999), samples=16,
+                      sample_steps=50)
+
+
+def distill_config(cfg: PretrainRun, data: DataConfig, source: str, arch: str, choice: Choice, init: str,
+                   seed: int, native: bool) -> DistillRun:
+    """The recipe the CIFAR benchmark measured: label-free dense hint on the chosen layer at the chosen t,
+    standardised per channel; `init: random` is the same recipe from the random-weight teacher."""
+    batch = cfg.distill.batch_size or data.batch_size
+    return DistillRun(
+        teacher=TeacherSection(source=source, layer=choice.layer, noise_mode=choice.mode, init=init,
+                               allow_other_size=not native, class_label=cfg.teacher.class_label,
+                               adm_flags=cfg.teacher.adm_flags, uncond_embedding=cfg.teacher.uncond_embedding),
+        student=StudentSection(arch=arch, width=cfg.student.width),
+        loss=LossSection(name="hint", options={"mode": "dense", "grid": "coarser"}, target_norm="per_t",
+                         target_bins=1),
+        timesteps=TimestepConfig(strategy="fixed", t=choice.t), reward="none",
+        data=replace(unlabeled_view(data), batch_size=batch), optim=OptimConfig(lr=cfg.distill.lr),
+        trainer=replace(cfg.trainer, max_epochs=cfg.distill.epochs, seed=seed))
+
+
+def finetune_config(cfg: PretrainRun, data: DataConfig, arch: str, init: Path | None, seed: int) -> FinetuneRun:
+    """Every arm: the labelled subset drawn with the seed (splits fixed), the same augmentation and optimiser."""
+    epochs = cfg.finetune.epochs
+    return FinetuneRun(init=str(init) if init else None, student=ModelSection(arch, cfg.student.width),
+                       data=replace(data, label_seed=seed, batch_size=cfg.finetune.batch_size or data.batch_size),
+                       optim=OptimConfig(lr=cfg.finetune.lr, nesterov=True),
+                       trainer=replace(cfg.trainer, max_epochs=epochs, seed=seed,
+                                       check_val_every_n_epoch=max(1, epochs // 4)))
+
+
+def probe_backbones(data: DataConfig, arch: str, width: float, seeds: int, out: Path) -> dict[str, Any]:
+    """Linear probe and k-NN of every frozen backbone, fitted on the labelled training images, scored on
+    the validation split."""
+    import torch
+
+    splits = ImageDataModule(replace(data, label_seed=0), labelled_only=True)
+    splits.setup()
+    found: dict[str, list[dict[str, float]]] = {"random init": [], **{arm: [] for arm in TEACHERS}}
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        found["random init"].append(probe_student("random", splits.train_set, splits.val_set, arch=arch, width=width))
+        for arm in TEACHERS:
+            found[arm].append(probe_student(distill_dir(out, arm, seed), splits.train_set, splits.val_set))
+    for name, scores in found.items():
+        shown = ", ".join(f"{100 * score['linear_probe']:.2f}" for score in scores)
+        print(f"   {name:>14}: val linear probe {shown} %", flush=True)
+    linear = {name: [s["linear_probe"] for s in scores] for name, scores in found.items()}
+    pairs = [paired_entry("repfusion", control, linear["repfusion"], linear[control], "val_probe")
+             for control in ("random-teacher", "random init")]
+    return {"runs": found, "paired": pairs}
+
+
+def read_top1(run_dir: Path) -> float:
+    return float(json.loads((run_dir / "results.json").read_text())["test/top1"])
+
+
+def default_arch(size: int) -> str:
+    return "resnet18_cifar" if size <= 64 else "resnet18"
+
+
+def plan_units(cfg: PretrainRun, facts: DataFacts, train_teacher_too: bool, labelled: bool) -> dict[str, float]:
+    """Stage -> work units (image-epochs; a distillation step also runs the teacher, so it counts double)."""
+    n, labelled_n = facts.train_images, max(1, round(facts.train_images * cfg.data.label_fraction))
+    distills = cfg.seeds * len(TEACHERS) if labelled else 1
+    plan = {"teacher": float(cfg.teacher.epochs * n if train_teacher_too else 0),
+            "choose the teacher layer and t": float(min(n, cfg.choice.max_images) * 6),
+            "distil": float(2 * distills * cfg.distill.epochs * n), "export the backbone": 0.0}
+    if labelled:
+        plan["probe the frozen backbones"] = float(3 * cfg.seeds * n)
+        plan["fine-tune the arms"] = float(cfg.seeds * 5 * cfg.finetune.epochs * labelled_n)
+    plan["report"] = 0.0
+    return plan
+
+
+def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
+                 on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+    check_pretrain(cfg)
+    out = Path(run_dir)
+    given = cfg.teacher.source
+    teacher = load_teacher(cfg, given) if given else None  # a teacher that does not load stops here
+    data, facts = inspect_data(cfg.data, teacher.sample_size if teacher is not None else None)
+    preset = cfg.teacher.preset or ("tiny-16" if data.image_size <= 16 else "small-32")
+    native = (teacher.sample_size if teacher is not None else TEACHER_PRESETS[preset]["sample_size"]) == data.image_size
+    if teacher is not None:
+        teacher.check_input((1, 3, data.image_size, data.image_size))
+        check_choice(cfg.choice, teacher)
+    arch = cfg.student.arch or default_arch(data.image_size)
+    labelled = facts.labelled
+    if labelled and cfg.seeds < 2:
+        raise RepFusionError(f"seeds must be at least 2 for a confidence interval, not {cfg.seeds}.")
+    check_out(out, resume, settings(cfg))
+    print("\n".join(["Data:"] + [f"   {line}" for line in facts.lines()]))
+    print(f"Teacher: {given or f'a {preset} DDPM trained here on the images, no labels'}; student {arch} at width "
+          f"{cfg.student.width}; {'4 arms x ' + str(cfg.seeds) + ' seeds at ' + format(100 * data.label_fraction, 'g') + ' % labels' if labelled else 'label-free: distillation and export only'}")
+    out.mkdir(parents=True, exist_ok=True)
+    if on_start is not None:
+        on_start()
+    write_json(out / SETTINGS_FILE, settings(cfg))
+    plan = Plan(cfg.seeds, resume)
+    progress = StageProgress(plan_units(cfg, facts, given is None, labelled))
+
+    teacher_dir = out / "teacher" / "teacher"
+    if given is None:
+        progress.run("teacher", lambda: run_once(teacher_dir / "config.json", lambda r: train_teacher(
+            teacher_run(cfg, data, preset), out / "teacher", r), out / "teacher", plan),
+            skipped=(teacher_dir / "config.json").exists())
+        teacher = load_teacher(cfg, str(teacher_dir))
+    else:
+        progress.run("teacher", lambda: print(f"   using {given}"), skipped=True)
+    source = given or str(teacher_dir)
+
+    def choose_now() -> Choice:
+        found = read_choice(out)
+        if found is not None:
+            return found
+        random_teacher = load_teacher(cfg, source, init="random") if labelled else None
+        split = ImageDataModule(replace(data, label_seed=0) if labelled else unlabeled_view(data),
+                                labelled_only=labelled)
+        split.setup()
+        return choose(teacher, random_teacher, split.train_set, split.val_set, cfg.choice, out)
+
+    choice = progress.run("choose the teacher layer and t", choose_now, skipped=read_choice(out) is not None)
+    print(f"   chosen: {choice.layer}, {choice.mode} input, t = {choice.t} ({choice.reason})")
+
+    def distill_all() -> None:
+        make = lambda init, seed: distill_config(cfg, data, source, arch, choice, init, seed, native)  # noqa: E731
+        if labelled:
+            from ..demo_arms import distill_arms
+
+            distill_arms(plan, out, make)
+        else:
+            run_dir_ = distill_dir(out, "repfusion", 0)
+            run_once(run_dir_ / "student" / "config.json", lambda r: run_distillation(make("pretrained", 0), run_dir_, r),
+                     run_dir_, plan)
+
+    progress.run("distil", distill_all)
+    progress.run("export the backbone", lambda: export_backbone(out))
+    result: dict[str, Any] = {"data": {**asdict(data), "facts": asdict(facts)}, "choice": asdict(choice),
+                              "teacher": source, "student": {"arch": arch, "width": cfg.student.width}}
+    if labelled:
+        probe = progress.run("probe the frozen backbones", lambda: probe_backbones(data, arch, cfg.student.width,
+                                                                                    cfg.seeds, out))
+        arms: dict[str, list[float]] = {}
+        progress.run("fine-tune the arms", lambda: arms.update(finetune_arms(
+            plan, out, lambda init, seed: finetune_config(cfg, data, arch, init, seed), read_top1,
+            lambda top1: f"test top-1 {100 * top1:.2f} %")))
+        summary, pairs = compare_arms(arms, "test_top1", fraction=data.label_fraction)
+        result.update(summary=summary, paired=pairs + probe["paired"], probe=probe["runs"], verdict=verdict(pairs))
+    result.update(timings_s=progress.timings, wall_s=time.time() - progress.start,
+                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    progress.run("report", lambda: write_report(out, result, cfg))
+    write_json(out / "results.json", result)
+    if labelled:
+        print("\n" + result["verdict"])
+    print(f"\nBackbone: {out / 'student'}; report: {out / 'report.md'}")
+    return result
+
+
+def export_backbone(out: Path) -> None:
+    """RUN/student: the trained teacher's seed-0 student, what a later finetune or embed reads."""
+    source = distill_dir(out, "repfusion", 0) / "student"
+    if (out / "student" / "config.json").is_file():
+        return
+    tmp = staging_dir(out / "student")
+    shutil.copytree(source, tmp, dirs_exist_ok=True)
+    replace_dir(tmp, out / "student")
+
+
+__all__ = ["ARMS", "check_pretrain", "run_pretrain"]
