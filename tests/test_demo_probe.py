@@ -37,7 +37,7 @@ def test_shortened_demo_runs_every_stage(tmp_path, capsys):
     rows = (out / "finetune-scratch-equal-seed0" / "metrics.csv").read_text().strip().splitlines()[1:]
     assert max(int(r.split(",")[0]) for r in rows) == equal_compute_epochs(steps, train_images, 32, 2) > 2  # the test row
     # the label-scarce regime: fine-tuning saw a stratified 2 % of the training labels, distillation all images
-    assert result["config"]["label_fraction"] == 0.02
+    assert result["config"]["data"]["label_fraction"] == 0.02
 
     # an existing demo is refused without --resume; with it, finished stages are reused, not retrained
     assert main(["demo", "--quick", "--seeds", "2", "--no-progress", "--out", str(out)]) == 1

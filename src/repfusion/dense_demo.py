@@ -21,7 +21,9 @@ from typing import Any
 
 from .analysis.plots import plot_arms
 from .data import DataConfig
-from .demo import check_out, demo_trainer, results_table, run_stage
+from .demo import demo_trainer, run_stage
+from .pipeline.report import results_table
+from .pipeline.run import check_out
 from .demo_arms import compare_arms, cost_section, distill_arms, finetune_arms, run_once, verdict
 from .distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from .distill.timesteps import TimestepConfig
@@ -91,7 +93,7 @@ def check_dense_demo(cfg: DenseDemoConfig) -> None:
     if not 0 < cfg.labelled <= cfg.train_images:
         raise RepFusionError(f"--labelled must be between 1 and the {cfg.train_images} training images, "
                              f"not {cfg.labelled}.")
-    check_out(cfg.folder, cfg.resume, dense_settings(cfg))
+    check_out(cfg.folder, cfg.resume, dense_settings(cfg), "demo_config.json")
 
 
 def faces_data(cfg: DenseDemoConfig, **changes: Any) -> DataConfig:

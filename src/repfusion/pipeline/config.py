@@ -25,6 +25,7 @@ class TeacherChoice:
     preset: str | None = None
     epochs: int = 40
     lr: float = 2e-4
+    ema_decay: float = 0.999
     class_label: int | str = "auto"
     adm_flags: str | dict[str, JSONValue] = "imagenet-64"
     uncond_embedding: str | None = None
@@ -76,5 +77,5 @@ class PretrainRun:
     distill: StageBudget = field(default_factory=lambda: StageBudget(epochs=30))
     finetune: StageBudget = field(default_factory=lambda: StageBudget(epochs=50))
     seeds: int = 3
-    controls: bool = True  # the random-weight teacher and both scratch arms beside RepFusion
+    auto_flip: bool = True  # flips off when images are told from their mirrors (digits, text); see inspect.py
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(ema_decay=0.99, log_every_n_steps=5))

@@ -31,6 +31,8 @@ class DataFacts:
     grayscale: bool
     image_size: int
     size_reason: str
+    flip: bool = True
+    mirror_accuracy: float | None = None
 
     @property
     def labelled(self) -> bool:
@@ -43,7 +45,16 @@ class DataFacts:
             kind = "one class only (nothing to fine-tune against: label-free)"
         return [f"layout: {self.layout}", f"images: {self.train_images} training, {self.test_images} test",
                 f"labels: {kind}", f"image size: {self.image_size} px ({self.size_reason})",
-                "channels: " + ("grayscale, read as RGB" if self.grayscale else "RGB")]
+                "channels: " + ("grayscale, read as RGB" if self.grayscale else "RGB"), self.flip_line()]
+
+    def flip_line(self) -> str:
+        if self.mirror_accuracy is None:
+            return f"horizontal flips: {'on' if self.flip else 'off'} (as configured)"
+        seen = f"a linear classifier tells images from their mirrors {100 * self.mirror_accuracy:.0f} % of the time"
+        if self.flip:
+            return f"horizontal flips: on ({seen}: mirrored images look like the data)"
+        return (f"horizontal flips: off ({seen}: a mirror makes images the data does not hold, as with digits or "
+                "text; pass --auto_flip false to keep them)")
 
 
 def native_size(files: list[Path], samples: int = 64) -> tuple[int | None, bool]:
@@ -72,7 +83,7 @@ def choose_size(data: DataConfig, native: int | None, teacher_size: int | None) 
                 "give --teacher.source for a larger one")
 
 
-def inspect_data(data: DataConfig, teacher_size: int | None) -> tuple[DataConfig, DataFacts]:
+def inspect_data(data: DataConfig, teacher_size: int | None, auto_flip: bool = True) -> tuple[DataConfig, DataFacts]:
     """The data section every stage reads (labels and image size resolved) and the facts to print."""
     root = Path(data.root) if data.root else None
     kind = labels_kind(data.labels, root) if data.source == "folder" else "folders"
@@ -92,8 +103,36 @@ def inspect_data(data: DataConfig, teacher_size: int | None) -> tuple[DataConfig
     else:
         layout = "train/ and val/ (or test/) sub-folders"
     classes = len(base_dataset(probe.test_set).classes)
-    facts = DataFacts(layout, kind, len(probe.train_set), len(probe.test_set), classes, native, gray, size, reason)
-    return replace(resolved, image_size=size), facts
+    facts = DataFacts(layout, kind, len(probe.train_set), len(probe.test_set), classes, native, gray, size, reason,
+                      flip=data.flip)
+    if data.flip and auto_flip:
+        facts.mirror_accuracy = mirror_accuracy(probe.train_set)
+        facts.flip = facts.mirror_accuracy <= MIRROR_LIMIT
+    return replace(resolved, image_size=size, flip=facts.flip), facts
+
+
+def mirror_accuracy(dataset, limit: int = 1000, seed: int = 0) -> float:
+    """How well a linear classifier on 8x8 gray thumbnails tells images from their mirror images (held out).
+
+    Near 50 % the mirror of an image looks like another image of the set (photos: flips are a fair
+    augmentation); far above it mirroring makes something the data does not hold (digits, text)."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit].tolist()
+    images = torch.stack([dataset[i][0] for i in order]).float().mean(1, keepdim=True)
+    thumbs = torch.nn.functional.adaptive_avg_pool2d(images, 8)
+    pairs = torch.cat([thumbs, thumbs.flip(-1)]).flatten(1).numpy()
+    pairs = (pairs - pairs.mean(1, keepdims=True)) / (pairs.std(1, keepdims=True) + 1e-6)
+    target = np.r_[np.zeros(len(order)), np.ones(len(order))]
+    folds = np.r_[np.arange(len(order)), np.arange(len(order))] % 2  # an image and its mirror in one fold
+    scores = [LogisticRegression(max_iter=500).fit(pairs[folds != k], target[folds != k])
+              .score(pairs[folds == k], target[folds == k]) for k in (0, 1)]
+    return float(np.mean(scores))
+
+
+MIRROR_LIMIT = 0.75  # above this, flips leave the data's distribution
 
 
 def unlabeled_view(data: DataConfig) -> DataConfig:

@@ -62,3 +62,26 @@ def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
                   "[student/](student/). Give class sub-folders or --data.labels FILE.csv for the comparison.", ""]
     parts.append(cost_section(result))
     write_text(out / "report.md", "\n".join(parts))
+
+
+def card_metrics(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's numbers for the exported backbone's model card: each arm's test top-1 (this model's as
+    its own result, the controls as baselines), the frozen probe, and the paired differences."""
+    dataset = Path(str(result["data"].get("root") or result["data"]["source"])).name
+    arm_of = {"repfusion": None}
+    metrics: list[dict[str, Any]] = []
+    for arm, summary in result.get("summary", {}).items():
+        metrics.append({"name": "test/top1", "value": summary["mean"], "split": "test", "task":
+                        "image-classification", "dataset": dataset, "arm": arm_of.get(arm, arm),
+                        "seeds": len(summary["runs"]), "runs": summary["runs"],
+                        "label_fraction": result["data"]["label_fraction"], "note": "fine-tuned from this arm's init"})
+    for name, runs in result.get("probe", {}).items():
+        values = [r["linear_probe"] for r in runs]
+        metrics.append({"name": "val/linear_probe", "value": sum(values) / len(values), "split": "validation",
+                        "task": "image-classification", "dataset": dataset, "arm": arm_of.get(name, name),
+                        "runs": values, "note": "frozen backbone"})
+    for pair in result.get("paired", []):
+        metrics.append({"name": f"paired/{pair['metric']}", "value": pair["mean"], "split": "test"
+                        if pair["metric"] == "test_top1" else "validation", "dataset": dataset,
+                        "arm": f"{pair['a']} - {pair['b']}", "ci95": [pair["low"], pair["high"]], "seeds": pair["n"]})
+    return metrics

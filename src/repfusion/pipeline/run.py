@@ -35,10 +35,11 @@ from ..training import OptimConfig
 from .choice import Choice, check_choice, choose, read_choice
 from .config import PretrainRun
 from .inspect import DataFacts, inspect_data, unlabeled_view
-from .progress import StageProgress
-from .report import write_report
+from .progress import StageProgress, clock
+from .report import card_metrics, results_table, write_report
 
 SETTINGS_FILE = "pretrain.json"
+MIN_PROBE_LABELS = 200  # below this the trained - random probe gap is mostly sampling noise
 
 
 class Plan:
@@ -68,14 +69,14 @@ def check_pretrain(cfg: PretrainRun) -> None:
         raise RepFusionError(f"student.width must be positive, not {cfg.student.width}.")
 
 
-def check_out(out: Path, resume: bool, wanted: dict[str, Any]) -> None:
+def check_out(out: Path, resume: bool, wanted: dict[str, Any], saved_name: str = SETTINGS_FILE) -> None:
     """A run folder is reused only with --resume and the same settings, so a report never mixes two runs."""
     if out.exists() and not out.is_dir():
         raise RepFusionError(f"--run-dir {out} is a file; give a folder for the pipeline's runs and report.")
     if out.is_dir() and any(p.name != ".repfusion.lock" for p in out.iterdir()) and not resume:
         raise RepFusionError(f"{out} already holds a run; pass --resume to continue or reuse it, or choose another "
                              "--run-dir.")
-    saved = out / SETTINGS_FILE
+    saved = out / saved_name
     if resume and saved.is_file() and json.loads(saved.read_text()) != wanted:
         raise RepFusionError(f"{out} holds a pipeline run with other settings ({saved}); --resume reuses finished "
                              "stages, so give the same settings or choose another --run-dir.")
@@ -98,7 +99,7 @@ def load_teacher(cfg: PretrainRun, source: str, init: str = "pretrained") -> Dif
 def teacher_run(cfg: PretrainRun, data: DataConfig, preset: str) -> TeacherRun:
     return TeacherRun(teacher=preset, data=replace(unlabeled_view(data), crop_padding=0),
                       optim=OptimConfig(name="adamw", lr=cfg.teacher.lr, weight_decay=0.0, schedule="constant"),
-                      trainer=replace(cfg.trainer, max_epochs=cfg.teacher.epochs, ema_decay=0.999), samples=16,
+                      trainer=replace(cfg.trainer, max_epochs=cfg.teacher.epochs, ema_decay=cfg.teacher.ema_decay), samples=16,
                       sample_steps=50)
 
 
@@ -179,7 +180,7 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     out = Path(run_dir)
     given = cfg.teacher.source
     teacher = load_teacher(cfg, given) if given else None  # a teacher that does not load stops here
-    data, facts = inspect_data(cfg.data, teacher.sample_size if teacher is not None else None)
+    data, facts = inspect_data(cfg.data, teacher.sample_size if teacher is not None else None, cfg.auto_flip)
     preset = cfg.teacher.preset or ("tiny-16" if data.image_size <= 16 else "small-32")
     native = (teacher.sample_size if teacher is not None else TEACHER_PRESETS[preset]["sample_size"]) == data.image_size
     if teacher is not None:
@@ -214,10 +215,16 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
         found = read_choice(out)
         if found is not None:
             return found
-        random_teacher = load_teacher(cfg, source, init="random") if labelled else None
         split = ImageDataModule(replace(data, label_seed=0) if labelled else unlabeled_view(data),
                                 labelled_only=labelled)
         split.setup()
+        scored = labelled and len(split.train_set) >= MIN_PROBE_LABELS
+        if labelled and not scored:
+            print(f"   only {len(split.train_set)} labelled training images (fewer than {MIN_PROBE_LABELS}): a probe "
+                  "on them is noise, so the choice is label-free")
+            split = ImageDataModule(unlabeled_view(data))
+            split.setup()
+        random_teacher = load_teacher(cfg, source, init="random") if scored else None
         return choose(teacher, random_teacher, split.train_set, split.val_set, cfg.choice, out)
 
     choice = progress.run("choose the teacher layer and t", choose_now, skipped=read_choice(out) is not None)
@@ -247,14 +254,25 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
             lambda top1: f"test top-1 {100 * top1:.2f} %")))
         summary, pairs = compare_arms(arms, "test_top1", fraction=data.label_fraction)
         result.update(summary=summary, paired=pairs + probe["paired"], probe=probe["runs"], verdict=verdict(pairs))
-    result.update(timings_s=progress.timings, wall_s=time.time() - progress.start,
+    result.update(timings_s=progress.timings, wall_s=time.time() - progress.start, config=settings(cfg),
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     progress.run("report", lambda: write_report(out, result, cfg))
     write_json(out / "results.json", result)
+    card_to(out / "student", result)
     if labelled:
-        print("\n" + result["verdict"])
-    print(f"\nBackbone: {out / 'student'}; report: {out / 'report.md'}")
+        print("\n" + results_table(result["summary"], result["paired"]) + "\n\n" + result["verdict"])
+    print("\nstage times: " + ", ".join(f"{name} {clock(s)}" for name, s in progress.timings.items()))
+    print(f"wall time {clock(result['wall_s'])}, peak memory {result['peak_rss_mb']:.0f} MB; backbone: "
+          f"{out / 'student'}; report: {out / 'report.md'}")
     return result
+
+
+def card_to(folder: Path, result: dict[str, Any]) -> None:
+    """The exported backbone's model card gains the report's numbers (its facts came with the export)."""
+    from ..model_card import read_model_card, update_model_card_metrics
+
+    if read_model_card(folder) is not None and card_metrics(result):
+        update_model_card_metrics(folder, card_metrics(result))
 
 
 def export_backbone(out: Path) -> None:
