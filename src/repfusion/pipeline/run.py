@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..analysis.controls import paired_entry
+from ..analysis.controls import labelled_images, paired_entry
 from ..analysis.student_probe import probe_student
 from ..data import DataConfig, ImageDataModule
 from ..demo_arms import ARMS, TEACHERS, compare_arms, distill_dir, finetune_arms, run_once, verdict
@@ -123,11 +123,20 @@ def distill_config(cfg: PretrainRun, data: DataConfig, source: str, arch: str, c
 def finetune_config(cfg: PretrainRun, data: DataConfig, arch: str, init: Path | None, seed: int) -> FinetuneRun:
     """Every arm: the labelled subset drawn with the seed (splits fixed), the same augmentation and optimiser."""
     epochs = cfg.finetune.epochs
+    batch = cfg.finetune.batch_size or finetune_batch(data, labelled_images(replace(data, label_seed=seed)))
     return FinetuneRun(init=str(init) if init else None, student=ModelSection(arch, cfg.student.width),
-                       data=replace(data, label_seed=seed, batch_size=cfg.finetune.batch_size or data.batch_size),
+                       data=replace(data, label_seed=seed, batch_size=batch),
                        optim=OptimConfig(lr=cfg.finetune.lr, nesterov=True),
                        trainer=replace(cfg.trainer, max_epochs=epochs, seed=seed,
                                        check_val_every_n_epoch=max(1, epochs // 4)))
+
+
+def finetune_batch(data: DataConfig, labelled: int) -> int:
+    """data.batch_size, or less for a small label budget: at least six steps an epoch, a power of two >= 16."""
+    batch = 16
+    while batch * 2 <= min(data.batch_size, labelled / 6):
+        batch *= 2
+    return min(batch, data.batch_size)
 
 
 def probe_backbones(data: DataConfig, arch: str, width: float, seeds: int, out: Path) -> dict[str, Any]:
