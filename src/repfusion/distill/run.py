@@ -142,8 +142,12 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
     )
 
 
-def export_student(module: Distillation, cfg: DistillRun, out: Path, steps: int = 0) -> Path:
-    """The backbone (safetensors + config.json naming arch and width) plus how it was distilled."""
+def export_student(module: Distillation, cfg: DistillRun, out: Path, steps: int = 0,
+                   image_size: int | None = None) -> Path:
+    """The backbone (safetensors + config.json naming arch and width) plus how it was distilled, its model
+    card and, where the architecture matches, its torchvision-keyed weights (`repfusion.export_card`)."""
+    from ..export_card import finish_distill_export
+
     tmp = staging_dir(out)
     module.student.save_pretrained(tmp, safe_serialization=True)
     write_json(tmp / "distillation.json", {
@@ -152,6 +156,7 @@ def export_student(module: Distillation, cfg: DistillRun, out: Path, steps: int 
         "final_t_distribution": module.t_history[-1] if module.t_history else None,
         "steps": steps,  # optimiser steps taken: what an equal-compute baseline must match
     })
+    finish_distill_export(tmp, cfg, module, image_size, steps)
     return replace_dir(tmp, out)
 
 
@@ -171,7 +176,7 @@ def run_distillation(cfg: DistillRun, run_dir: Path, resume: bool = False,
         steps = trainer.global_step
     out = run_dir / "student"
     if trainer.is_global_zero:
-        export_student(module, cfg, out, steps)
+        export_student(module, cfg, out, steps, image_size=datamodule.sample_shape()[1])
         write_json(run_dir / "timesteps.json", {"bins": len(module.t_history[0]) if module.t_history else 0,
                                                  "num_timesteps": module.teacher.num_timesteps,
                                                  "history": module.t_history})

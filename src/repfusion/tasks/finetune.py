@@ -122,6 +122,9 @@ def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
     if trainer.is_global_zero:
         tmp = staging_dir(run_dir / "model")
         exported_network(module).save_pretrained(tmp, safe_serialization=True)
+        from ..export_card import finish_finetune_export  # the model card and the torchvision-keyed weights
+
+        finish_finetune_export(tmp, cfg, exported_network(module), datamodule.sample_shape()[1], results)
         replace_dir(tmp, run_dir / "model")
         write_json(run_dir / "results.json", {"task": cfg.task, "init": cfg.init or "scratch",
                                               "train_images": len(datamodule.train_set), **results})
