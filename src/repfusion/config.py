@@ -208,7 +208,7 @@ def check_data_config(cfg: Any, name: str = "data") -> None:
 # What a resumed run may change: how and where it runs, how long, how much it reports; not what it trains.
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.progress", "trainer.devices",
                      "trainer.num_nodes", "trainer.strategy", "trainer.accelerator", "trainer.log_every_n_steps",
-                     "trainer.checkpoint_every_n_steps", "data.num_workers", "data.root")
+                     "trainer.checkpoint_every_n_steps", "trainer.logger", "data.num_workers", "data.root")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -13,12 +13,14 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from .ema import EMA
 from .errors import RepFusionError
 from .fastpath import ApplyFastPaths, check_fast_paths, resolve_fast_paths
 from .jsondata import JSONValue
-from .run import AtomicCheckpointIO, EpochCheckpoint, RunCSVLogger, RunState, nonfinite_message
+from .run import AtomicCheckpointIO, EpochCheckpoint, RunState, nonfinite_message
+from .run.loggers import TensorBoardResume, build_loggers, check_loggers
 from .run import prepare_run as prepare_run, restore_finished as restore_finished  # the runners' entry
 from .run import resume_path as resume_path  # points
 
@@ -92,6 +94,9 @@ class TrainerConfig:
     - channels_last: true | false | auto (= true on a CUDA GPU): channels-last weights and activations.
     - compile: true | false | auto (= false everywhere): `torch.compile` of the student (the model / UNet
       in the other stages; not the frozen teacher), in place, so checkpoints do not change.
+
+    logger: csv, tensorboard, wandb, mlflow, one name or a list (`--trainer.logger [csv,wandb]`); null = csv
+    plus tensorboard when installed. metrics.csv is always written (`repfusion.run.loggers`).
     """
 
     max_epochs: int = 200
@@ -113,6 +118,7 @@ class TrainerConfig:
     checkpoint_every_n_steps: int | None = None
     log_every_n_steps: int = 10
     progress: bool = True
+    logger: str | list[str] | None = None
     extra: dict[str, JSONValue] = field(default_factory=dict)
 
 
@@ -173,6 +179,7 @@ def check_trainer_config(cfg: TrainerConfig, name: str = "trainer") -> None:
                              f"not {cfg.checkpoint_every_n_steps}.")
     if cfg.log_every_n_steps < 1:
         raise RepFusionError(f"{name}.log_every_n_steps must be at least 1, not {cfg.log_every_n_steps}.")
+    check_loggers(cfg.logger, f"{name}.logger")
     for key in cfg.extra:
         if key not in EXTRA_TRAINER_KEYS:
             own = {f.name for f in fields(TrainerConfig)}
@@ -325,6 +332,9 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
         cbs.append(ApplyFastPaths(fast))
     if cfg.progress:
         cbs.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
+    loggers = build_loggers(cfg.logger, run_dir)
+    if any(isinstance(logger, TensorBoardLogger) for logger in loggers):
+        cbs.append(TensorBoardResume())  # after RunState, which rebuilds metrics.csv first
     cbs += callbacks or []
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message)
@@ -345,7 +355,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
         limit_val_batches=cfg.limit_val_batches,
         check_val_every_n_epoch=cfg.check_val_every_n_epoch,
         log_every_n_steps=cfg.log_every_n_steps,
-        logger=RunCSVLogger(save_dir=run_dir, name="", version=""),
+        logger=loggers,
         plugins=[AtomicCheckpointIO()],
         callbacks=cbs,
         enable_progress_bar=cfg.progress,

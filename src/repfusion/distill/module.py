@@ -20,6 +20,7 @@ from ..training import OptimConfig
 from ..stage import Stage
 from ..errors import RepFusionError
 from ..run import nonfinite_message
+from ..run.loggers import log_histogram
 from .timesteps import NonFiniteError, ReinforcedTimestep, TimestepStrategy
 
 HISTOGRAM_BINS = 20
@@ -156,6 +157,12 @@ class Distillation(Stage):
         total = counts.sum().clamp(min=1)
         self.t_history.append((counts / total).cpu().tolist())
         self.t_counts.zero_()
+        log_histogram(self.trainer, "train/t", self.t_history[-1], self.teacher.num_timesteps, self.current_epoch)
+
+    def replay_summaries(self) -> None:
+        """A resume's TensorBoard folder gets back each finished epoch's timestep histogram (its step: the epoch)."""
+        for epoch, shares in enumerate(self.t_history):
+            log_histogram(self.trainer, "train/t", shares, self.teacher.num_timesteps, epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["t_history"] = self.t_history

@@ -12,6 +12,8 @@
   checkpoint travel inside it, rows logged after it and before the kill that belong to finished work are
   taken back from the file, and rows of work that will be redone are dropped, also when a run killed in its
   export resumes at its end;
+- `loggers`: metrics.csv plus TensorBoard (default when installed), W&B or MLflow, Lightning's loggers; a resumed
+  run's TensorBoard folder shows metrics.csv's rows again, none twice;
 - `lock`: one run per run folder, an exclusive flock held for the run's life;
 - `resume`: the checks before the first write (`prepare_run`) and the end-of-training restore;
 - `nonfinite`: the sentence a NaN/inf stop ends with.
