@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import RepFusionError
+from .flags import add_flag, add_old, boolean, three_floats
 
 
 def _configured_run(verb: str, argv: list[str], schema: type, description: str, runner) -> tuple:
@@ -98,20 +99,22 @@ def _demo(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="repfusion demo", description="The whole pipeline on embedded data: "
                                      "digits classification (default), or face parsing / landmarks on generated faces.")
     parser.add_argument("--task", default="classification", choices=["classification", "segmentation", "landmarks"])
-    parser.add_argument("--out", default=None, help="Output folder (default runs/demo, runs/demo-<task> when dense).")
+    add_flag(parser, "--run-dir", "--out", dest="out", default=None,
+             help="Output folder (default runs/demo, runs/demo-<task> when dense).")
     parser.add_argument("--seeds", type=int, default=None, help="Fine-tuning seeds per arm (>= 2; default 5, dense 3).")
-    parser.add_argument("--label-fraction", type=float, default=defaults.label_fraction,
-                        help="Classification: share of training labels fine-tuning sees (stratified, drawn per seed).")
+    add_flag(parser, "--data.label_fraction", "--label-fraction", dest="label_fraction", type=float,
+             default=defaults.label_fraction,
+             help="Classification: share of training labels fine-tuning sees (stratified, drawn per seed).")
     parser.add_argument("--labelled", type=int, default=None, help="Dense tasks: labelled training faces per seed.")
     parser.add_argument("--quick", action="store_true", help="One or two epochs per stage (a smoke run).")
-    parser.add_argument("--resume", action="store_true", help="Reuse finished stages of --out, continue the rest.")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="Reuse finished stages of --run-dir, continue the rest.")
+    _add_progress(parser)
     args = parser.parse_args(argv)
     if args.task != "classification":
         _dense_demo(args)
         return
     cfg = DemoConfig(out=args.out or defaults.out, seeds=args.seeds or defaults.seeds,
-                     label_fraction=args.label_fraction, progress=not args.no_progress, resume=args.resume)
+                     label_fraction=args.label_fraction, progress=args.progress, resume=args.resume)
     run_demo(quick(cfg) if args.quick else cfg)
 
 
@@ -120,21 +123,30 @@ def _dense_demo(args: argparse.Namespace) -> None:
 
     defaults = DenseDemoConfig()
     cfg = DenseDemoConfig(task=args.task, out=args.out, seeds=args.seeds or defaults.seeds,
-                          labelled=args.labelled or defaults.labelled, progress=not args.no_progress,
+                          labelled=args.labelled or defaults.labelled, progress=args.progress,
                           resume=args.resume)
     run_dense_demo(quick_dense(cfg) if args.quick else cfg)
 
 
+def _add_progress(parser: argparse.ArgumentParser) -> None:
+    """The training verbs' `--trainer.progress true|false`; `--no-progress` is its old spelling."""
+    parser.add_argument("--trainer.progress", dest="progress", type=boolean, default=True, metavar="{true,false}",
+                        help="Progress bars (default true).")
+    add_old(parser, "--no-progress", "progress", "--trainer.progress false", nargs=0, const=False)
+
+
 def _add_teacher_options(parser: argparse.ArgumentParser) -> None:
     """Options of class-conditional, ADM and latent teachers, shared by `probe` and `layers`."""
-    parser.add_argument("--class-label", default="auto", help="Class-conditional teachers (ADM ImageNet, DiT): "
-                        "auto | dataset | null | a class index (default auto: DiT's null class, else class 0; dataset "
-                        "labels leak the label into the features).")
-    parser.add_argument("--adm-flags", default="imagenet-64", help="ADM checkpoint's model flags: a preset "
-                        "(imagenet-64, imagenet-256, imagenet-256-uncond, lsun-256), a JSON object of flags, or "
-                        "guided-diffusion's MODEL_FLAGS string (\"--image_size 64 --num_channels 192 ...\").")
-    parser.add_argument("--uncond-embedding", default=None, help="Latent teachers without a text encoder: file "
-                        "with the empty-prompt embedding (default zeros, with a warning).")
+    add_flag(parser, "--teacher.class_label", "--class-label", dest="class_label", default="auto",
+             help="Class-conditional teachers (ADM ImageNet, DiT): auto | dataset | null | a class index (default "
+             "auto: DiT's null class, else class 0; dataset labels leak the label into the features).")
+    add_flag(parser, "--teacher.adm_flags", "--adm-flags", dest="adm_flags", default="imagenet-64",
+             help="ADM checkpoint's model flags: a preset (imagenet-64, imagenet-256, imagenet-256-uncond, lsun-256), "
+             "a JSON object of flags, or guided-diffusion's MODEL_FLAGS string (\"--image_size 64 --num_channels "
+             "192 ...\").")
+    add_flag(parser, "--teacher.uncond_embedding", "--uncond-embedding", dest="uncond_embedding", default=None,
+             help="Latent teachers without a text encoder: file with the empty-prompt embedding (default zeros, "
+             "with a warning).")
 
 
 def _teacher_options(args: argparse.Namespace) -> dict:
@@ -145,7 +157,7 @@ def _teacher_options(args: argparse.Namespace) -> dict:
         try:
             flags = json.loads(flags)
         except ValueError:
-            raise RepFusionError("--adm-flags is not valid JSON; give a preset name or a JSON object of "
+            raise RepFusionError("--teacher.adm_flags is not valid JSON; give a preset name or a JSON object of "
                                  "flags.") from None
     return {"class_label": args.class_label, "adm_flags": flags, "uncond_embedding": args.uncond_embedding}
 
@@ -159,35 +171,41 @@ def _probe(argv: list[str]) -> None:
                                      "probe, effective rank, variance explained by t), or a frozen student's "
                                      "linear-probe and k-NN accuracy.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--teacher", help="Preset, save_pretrained folder, pipeline folder (latent, DiT), "
-                        "guided-diffusion .pt file or hub id.")
+    source.add_argument("--teacher", "--teacher.source", dest="teacher", help="Preset, save_pretrained folder, "
+                        "pipeline folder (latent, DiT), guided-diffusion .pt file or hub id.")
     source.add_argument("--student", help="Distill run folder (or its student/), finetune run folder (or its "
                         "model/), or random[:ARCH] for a randomly initialised student.")
-    parser.add_argument("--data", default="digits", help="digits | cifar | folder | tiny-imagenet")
-    parser.add_argument("--root", default=None, help="Dataset folder (not needed for digits).")
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--split-seed", type=int, default=None, help="A folder without train/ and val/: seed of "
-                        "the test hold-out the training verbs draw (their data.split_seed; same default).")
+    _add_data_flags(parser)
     parser.add_argument("--timesteps", type=int, nargs="+", default=ProbeConfig().timesteps, help="Teacher only.")
     parser.add_argument("--modes", nargs="+", default=["clean", "noised"], choices=["clean", "noised"],
                         help="Teacher only.")
-    parser.add_argument("--layer", nargs="+", default=None, help="Teacher: one or more layers (default its "
-                        f"default_layer, {ProbeConfig().layers[0]} for UNets); student: one layer (default its "
-                        "feature layer).")
-    parser.add_argument("--arch", default=None, help="Architecture of a random student (default resnet18_cifar).")
-    parser.add_argument("--width", type=float, default=1.0, help="Width of a random student.")
-    parser.add_argument("--mean", type=float, nargs=3, default=None, help="Student pixel mean (default: its run's).")
-    parser.add_argument("--std", type=float, nargs=3, default=None, help="Student pixel std (default: its run's).")
+    parser.add_argument("--teacher.layer", dest="teacher_layer", nargs="+", default=None, metavar="LAYER",
+                        help=f"One or more teacher layers (default its default_layer, {ProbeConfig().layers[0]} "
+                        "for UNets).")
+    parser.add_argument("--student.layer", dest="student_layer", default=None, metavar="LAYER",
+                        help="The student's layer (default its feature layer).")
+    add_old(parser, "--layer", "layer", "--teacher.layer (or --student.layer)", nargs="+")
+    add_flag(parser, "--student.arch", "--arch", dest="arch", default=None,
+             help="Architecture of a random student (default resnet18_cifar).")
+    add_flag(parser, "--student.width", "--width", dest="width", type=float, default=1.0,
+             help="Width of a random student.")
+    add_flag(parser, "--data.mean", "--mean", dest="mean", nargs="+", default=None,
+             help="Student pixel mean, [R,G,B] (default: its run's).")
+    add_flag(parser, "--data.std", "--std", dest="std", nargs="+", default=None,
+             help="Student pixel std, [R,G,B] (default: its run's).")
     parser.add_argument("--k", type=int, default=20, help="Neighbours of the student's k-NN classifier.")
-    parser.add_argument("--out", default=None, help="Output folder (default runs/probe or runs/student-probe).")
+    add_flag(parser, "--run-dir", "--out", dest="out", default=None,
+             help="Output folder (default runs/probe or runs/student-probe).")
     _add_teacher_options(parser)
     args = parser.parse_args(argv)
     if args.student is not None:
         _probe_student(args)
         return
+    if args.student_layer is not None:
+        raise RepFusionError("--student.layer names a student's layer; a teacher's layers are --teacher.layer.")
     out = args.out or "runs/probe"
     teacher = DiffusionTeacher.from_source(args.teacher, **_teacher_options(args))
-    layers = args.layer or [teacher.default_layer]
+    layers = args.teacher_layer or getattr(args, "layer", None) or [teacher.default_layer]
     data = _probe_data(args, args.image_size or teacher.sample_size)
     train, test = train_test_split(data)  # a folder without split sub-folders: the training verbs' hold-out
     sample = train[0][0]
@@ -199,6 +217,18 @@ def _probe(argv: list[str]) -> None:
     print(f"Probing {args.teacher} ({', '.join(layers)}) on {len(train)} train / {len(test)} test images")
     run_probe(teacher, train, test, cfg, Path(out))
     print(f"Wrote {out}/probe.md, probe.json and probe.png")
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """The probe's data keys, spelled as the training verbs' data section."""
+    add_flag(parser, "--data.source", "--data", dest="data", default="digits",
+             help="digits | cifar | folder | tiny-imagenet")
+    add_flag(parser, "--data.root", "--root", dest="root", default=None,
+             help="Dataset folder (not needed for digits).")
+    add_flag(parser, "--data.image_size", "--image-size", dest="image_size", type=int, default=None)
+    add_flag(parser, "--data.split_seed", "--split-seed", dest="split_seed", type=int, default=None,
+             help="A folder without train/ and val/: seed of the test hold-out the training verbs draw (the same "
+             "key and default as theirs).")
 
 
 def _probe_data(args: argparse.Namespace, image_size: int | None):
@@ -217,14 +247,18 @@ def _probe_student(args: argparse.Namespace) -> None:
     from .analysis.student_probe import run_student_probe
     from .data import train_test_split
 
-    if args.layer is not None and len(args.layer) > 1:
-        raise RepFusionError("A student is probed at one --layer; give a single layer name.")
+    if args.teacher_layer is not None:
+        raise RepFusionError("--teacher.layer names a teacher's layers; a student's layer is --student.layer.")
+    old_layer = getattr(args, "layer", None)  # the old --layer
+    if old_layer is not None and len(old_layer) > 1:
+        raise RepFusionError("A student is probed at one --student.layer; give a single layer name.")
+    layer = args.student_layer or (old_layer[0] if old_layer else None)
     out = Path(args.out or "runs/student-probe")
     data = _probe_data(args, args.image_size)
     train, test = train_test_split(data)  # a folder without split sub-folders: the training verbs' hold-out
     print(f"Probing student {args.student} on {len(train)} train / {len(test)} test images")
-    result = run_student_probe(args.student, train, test, out, layer=args.layer[0] if args.layer else None,
-                               mean=args.mean, std=args.std, arch=args.arch, width=args.width, k=args.k)
+    result = run_student_probe(args.student, train, test, out, layer=layer, mean=three_floats(args.mean, "--data.mean"),
+                               std=three_floats(args.std, "--data.std"), arch=args.arch, width=args.width, k=args.k)
     print(f"Linear probe {result['linear_probe']:.4f}, k-NN {result['knn']:.4f}; wrote {out}/student_probe.md "
           "and student_probe.json")
 
@@ -234,11 +268,13 @@ def _layers(argv: list[str]) -> None:
 
     parser = argparse.ArgumentParser(prog="repfusion layers", description="List hookable modules with output shapes.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--teacher", help="Preset, save_pretrained folder, pipeline folder (latent, DiT), "
-                        "guided-diffusion .pt file or hub id.")
-    source.add_argument("--student", help="Student architecture name.")
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--width", type=float, default=1.0, help="Student width multiplier.")
+    source.add_argument("--teacher", "--teacher.source", dest="teacher", help="Preset, save_pretrained folder, "
+                        "pipeline folder (latent, DiT), guided-diffusion .pt file or hub id.")
+    source.add_argument("--student.arch", "--student", dest="student", metavar="ARCH",
+                        help="Student architecture name: built-in, timm:NAME or torchvision:NAME.")
+    add_flag(parser, "--data.image_size", "--image-size", dest="image_size", type=int, default=None)
+    add_flag(parser, "--student.width", "--width", dest="width", type=float, default=1.0,
+             help="Student width multiplier.")
     _add_teacher_options(parser)
     args = parser.parse_args(argv)
     print(list_layers(teacher=args.teacher, student=args.student, image_size=args.image_size, width=args.width,
