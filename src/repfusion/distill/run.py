@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 
 from ..analysis.plots import plot_curves, plot_timestep_history
 from ..config import JSONValue
@@ -17,7 +18,7 @@ from ..checks import check_run_config
 from ..errors import RepFusionError
 from ..features import layer_output, resolve_modules
 from ..io import replace_dir, staging_dir, write_json
-from ..students import build_student
+from ..students import build_student, check_given_student
 from ..teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
 from .losses import build_loss
@@ -94,8 +95,11 @@ def teacher_layers(section: TeacherSection) -> list[str]:
     return layers
 
 
-def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distillation:
-    """Every part built and checked against the data's shape before any training step."""
+def build_distillation(cfg: DistillRun, datamodule: ImageDataModule, student: nn.Module | None = None) -> Distillation:
+    """Every part built and checked against the data's shape before any training step.
+
+    student: a built student (e.g. `ModuleStudent(module, feature_layer)`) instead of `cfg.student.arch`.
+    """
     if cfg.teacher.noise_mode not in ("clean", "noised"):
         raise RepFusionError(f"teacher.noise_mode must be 'clean' or 'noised', not '{cfg.teacher.noise_mode}'.")
     teacher = DiffusionTeacher.from_source(cfg.teacher.source, class_label=cfg.teacher.class_label,
@@ -107,7 +111,10 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule) -> Distilla
     teacher.check_input((1, channels, height, width), require_native_size=not cfg.teacher.allow_other_size)
     layers = teacher_layers(cfg.teacher)
     resolve_modules(teacher.unet, layers, kind="teacher layer")
-    student = build_student(cfg.student.arch, cfg.student.width, num_classes=0, in_channels=channels)
+    if student is None:
+        student = build_student(cfg.student.arch, cfg.student.width, num_classes=0, in_channels=channels)
+    else:
+        check_given_student(student, channels)
     student_layer = cfg.student.layer or student.feature_layer
     resolve_modules(student, [student_layer], kind="student layer")
 
@@ -161,12 +168,19 @@ def export_student(module: Distillation, cfg: DistillRun, out: Path, steps: int 
 
 
 def run_distillation(cfg: DistillRun, run_dir: Path, resume: bool = False,
-                     on_start: Callable[[], None] | None = None) -> Path:
-    """Everything is built and checked (resume included) before `on_start` and the first write."""
+                     on_start: Callable[[], None] | None = None, student: nn.Module | None = None) -> Path:
+    """Everything is built and checked (resume included) before `on_start` and the first write.
+
+    student: your own network, e.g. `ModuleStudent(module, feature_layer="layer4")`; it replaces
+    `cfg.student.arch`/`width` (the export and distillation.json name its arch).
+    """
+    if student is not None:  # the record names the network that was distilled
+        cfg = replace(cfg, student=replace(cfg.student, arch=str(student.config.get("arch", type(student).__name__)),
+                                           width=float(student.config.get("width", 1.0))))
     check_run_config(cfg)  # the Python API gets the command line's up-front checks
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = ImageDataModule(cfg.data)
-    module = build_distillation(cfg, datamodule)
+    module = build_distillation(cfg, datamodule, student)
     trainer = build_trainer(cfg.trainer, run_dir)
     ckpt = prepare_run(run_dir, resume, module, on_start)
     if restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps):  # killed in export

@@ -1,4 +1,8 @@
-"""Student networks by name (timm-style names), saved and loaded with diffusers' save/from_pretrained."""
+"""Student networks by name (timm-style names), saved and loaded with diffusers' save/from_pretrained.
+
+Besides the built-in names: `timm:NAME` / `torchvision:NAME` (optional extras, `external`) and any module
+through the Python API (`ModuleStudent`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,14 @@ from pathlib import Path
 
 from diffusers import ModelMixin
 
+from torch import nn
+
 from ..errors import RepFusionError
 from ..registry import Registry
+from .external import ExternalStudent, check_width, is_external, split_name
 from .hrnet import HRNET_ARCHS, HRNet
 from .mobilenetv2 import MOBILENET_ARCHS, MobileNetV2
+from .module import ModuleStudent, check_given_student
 from .resnet import RESNET_ARCHS, ResNet
 
 STUDENTS: Registry[type[ModelMixin]] = Registry("student")
@@ -20,13 +28,18 @@ for _name in MOBILENET_ARCHS:
     STUDENTS.register(MobileNetV2, name=_name)
 for _name in HRNET_ARCHS:
     STUDENTS.register(HRNet, name=_name)
-STUDENT_CLASSES = {"ResNet": ResNet, "MobileNetV2": MobileNetV2, "HRNet": HRNet}
+STUDENT_CLASSES = {"ResNet": ResNet, "MobileNetV2": MobileNetV2, "HRNet": HRNet, "ExternalStudent": ExternalStudent,
+                   "ModuleStudent": ModuleStudent}
 
 
 def build_student(name: str, width: float = 1.0, num_classes: int = 0, in_channels: int = 3) -> ModelMixin:
     """A randomly initialised student; num_classes = 0 gives the bare backbone."""
     if width <= 0:
         raise RepFusionError(f"student.width must be positive, not {width}.")
+    if is_external(name):  # timm:NAME / torchvision:NAME; refused before any import when malformed
+        split_name(name)
+        check_width(name, width)
+        return ExternalStudent(arch=name, width=width, num_classes=num_classes, in_channels=in_channels)
     return STUDENTS.get(name)(arch=name, width=width, num_classes=num_classes, in_channels=in_channels)
 
 
@@ -58,8 +71,11 @@ def find_export(path: str | Path, subfolders: tuple[str, ...] = ("student",)) ->
     return None
 
 
-def load_student(folder: str | Path) -> ModelMixin:
-    """A student exported with save_pretrained (safetensors weights + config naming arch and width)."""
+def load_student(folder: str | Path, module: nn.Module | None = None) -> ModelMixin:
+    """A student exported with save_pretrained (safetensors weights + config naming arch and width).
+
+    module: for a `ModuleStudent` export (arch `module:NAME`), a fresh instance of that module's class.
+    """
     config = read_student_config(folder)
     folder = Path(folder)
     weights = folder / "diffusion_pytorch_model.safetensors"
@@ -71,12 +87,17 @@ def load_student(folder: str | Path) -> ModelMixin:
                                  "(save_pretrained writes safetensors) or convert the file to safetensors.")
         raise RepFusionError(f"Student folder {folder} has a config.json but no weights ({weights.name}); copy the "
                              "weights file there or export the student again.")
+    if config["_class_name"] == "ModuleStudent":
+        return ModuleStudent.from_pretrained(folder, module=module)
     try:
         return STUDENT_CLASSES[config["_class_name"]].from_pretrained(str(folder), use_safetensors=True)
+    except RepFusionError:
+        raise
     except (OSError, ValueError, RuntimeError, TypeError) as e:  # diffusers' errors for a broken file or config
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RepFusionError(f"The student in {folder} cannot be loaded ({first}); export it again with repfusion "
                              "distill.") from None
 
 
-__all__ = ["STUDENTS", "HRNet", "MobileNetV2", "ResNet", "build_student", "find_export", "load_student", "read_student_config"]
+__all__ = ["STUDENTS", "ExternalStudent", "HRNet", "MobileNetV2", "ModuleStudent", "ResNet", "build_student",
+           "check_given_student", "find_export", "load_student", "read_student_config"]

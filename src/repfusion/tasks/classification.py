@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,7 +14,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..data import ImageDataModule
 from ..data.augment import Normalize
 from ..stage import Stage
-from ..students import build_student
+from ..errors import RepFusionError
+from ..students import build_student, check_given_student
 from ..training import OptimConfig
 from .backbone import init_backbone, resolve_architecture
 
@@ -69,10 +71,27 @@ class Classification(Stage):
         self._evaluate(batch, self.test_metrics, "test/")
 
 
-def build_classification(cfg: FinetuneRun, datamodule: ImageDataModule) -> Classification:
+def given_classifier(student: nn.Module, init: str | None, num_classes: int, channels: int) -> nn.Module:
+    """A student passed through the API, checked against the init's architecture, with a head for the classes."""
+    check_given_student(student, channels)
+    resolve_architecture(init, SimpleNamespace(arch=student.config["arch"], width=float(student.config["width"])))
+    if student.config.get("num_classes") != num_classes:
+        if not hasattr(student, "reset_head"):
+            raise RepFusionError(f"The student has {student.config.get('num_classes')} classes but the data has "
+                                 f"{num_classes}; build it with num_classes={num_classes}.")
+        student.reset_head(num_classes)
+    return student
+
+
+def build_classification(cfg: FinetuneRun, datamodule: ImageDataModule,
+                         student: nn.Module | None = None) -> Classification:
+    """student: a built student (e.g. `ModuleStudent`) instead of `cfg.student`; `cfg.init` still loads into it."""
     channels, height, _ = datamodule.sample_shape()
-    arch, width = resolve_architecture(cfg.init, cfg.student, "resnet18_cifar")
-    model = build_student(arch, width, num_classes=datamodule.num_classes, in_channels=channels)
+    if student is None:
+        arch, width = resolve_architecture(cfg.init, cfg.student, "resnet18_cifar")
+        model = build_student(arch, width, num_classes=datamodule.num_classes, in_channels=channels)
+    else:
+        model = given_classifier(student, cfg.init, datamodule.num_classes, channels)
     init_backbone(model, cfg.init)
     return Classification(model, datamodule.num_classes, cfg.optim, height, Normalize(cfg.data.mean, cfg.data.std),
                           cfg.data.crop_padding, cfg.data.flip, cfg.label_smoothing)

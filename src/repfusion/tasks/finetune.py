@@ -99,14 +99,21 @@ def validation_score(trainer: pl.Trainer, module: pl.LightningModule, datamodule
 
 
 def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
-                 on_start: Callable[[], None] | None = None) -> dict[str, float | str]:
-    """Everything is built and checked (resume included) before `on_start` and the first write."""
+                 on_start: Callable[[], None] | None = None, student: nn.Module | None = None) -> dict[str, float | str]:
+    """Everything is built and checked (resume included) before `on_start` and the first write.
+
+    student: your own network for classification, e.g. `ModuleStudent(module, feature_layer="layer4")`
+    (fresh: `cfg.init` loads the distilled weights into it; an `fc` head is set for the data's classes).
+    """
     check_run_config(cfg)  # the Python API gets the command line's up-front checks
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     spec = TASKS.get(cfg.task)
+    if student is not None and cfg.task != "classification":
+        raise RepFusionError(f"A student passed through the API fine-tunes for classification only, not {cfg.task}; "
+                             "use a registered student.arch for dense tasks.")
     datamodule = ImageDataModule(cfg.data, labelled_only=True)
     check_targets(spec, datamodule)
-    module = spec.build(cfg, datamodule)
+    module = spec.build(cfg, datamodule) if student is None else spec.build(cfg, datamodule, student=student)
     trainer = build_trainer(cfg.trainer, run_dir, monitor=spec.monitor, mode=spec.mode)
     ckpt = prepare_run(run_dir, resume, module, on_start)
     restored = restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps)  # killed in export

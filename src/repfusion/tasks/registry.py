@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..registry import Registry
 
@@ -31,10 +31,11 @@ class TaskSpec:
     curves: tuple[str, ...]
     needs: str | None
 
-    def build(self, cfg: FinetuneRun, datamodule: ImageDataModule) -> Stage:
+    def build(self, cfg: FinetuneRun, datamodule: ImageDataModule, **options: Any) -> Stage:
+        """options: what the task's builder also takes (classification: a built `student`)."""
         module, function = self.builder.split(":")
         build: Callable = getattr(importlib.import_module(f"{__package__}.{module}"), function)
-        return build(cfg, datamodule)
+        return build(cfg, datamodule, **options)
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
