@@ -152,3 +152,12 @@ def test_tensorboard_shows_metrics_csv_and_the_timestep_histogram_across_a_resum
     assert [h.step for h in histograms] == [0, 1]  # one per epoch (its step: the epoch)
     for h in histograms:
         assert len(h.histogram_value.bucket) == 20 and sum(h.histogram_value.bucket) == pytest.approx(1.0)
+
+
+def test_a_resume_may_change_the_loggers(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main([*FINETUNE, "--run-dir", str(run_dir), "--trainer.logger", "csv"]) == 0
+    rows = (run_dir / "metrics.csv").read_text()
+    assert not (run_dir / "tensorboard").exists()
+    assert main([*FINETUNE, "--run-dir", str(run_dir), "--resume"]) == 0  # how it reports, not what it trains
+    assert error_lines(capsys.readouterr().err) == [] and (run_dir / "metrics.csv").read_text() == rows
