@@ -293,10 +293,6 @@ VERBS = {
                "a run's backbone as ONNX or torchvision-keyed weights"),
     "embed": (lambda argv: __import__("repfusion.embed", fromlist=["run"]).run(argv),
               "pooled features of every image in a folder, with the file list"),
-    "export": (lambda argv: __import__("repfusion.export", fromlist=["run"]).run(argv),
-               "a run's backbone as ONNX or torchvision-keyed weights"),
-    "embed": (lambda argv: __import__("repfusion.embed", fromlist=["run"]).run(argv),
-              "pooled features of every image in a folder, with the file list"),
 }
 
 
