@@ -125,7 +125,7 @@ class KillAt(pl.Callback):
 def test_pipeline_killed_in_every_stage_resumes_to_the_same_result(tmp_path, monkeypatch, capsys):
     root = tmp_path / "digits"
     write_digits(root, 20, nested=True)
-    args = ["--data.root", str(root), *TINY, "--data.label_fraction", "0.5"]
+    args = ["--data.root", str(root), *TINY, "--data.label_fraction", "0.5", "--data.batch_size", "16"]
     assert main(["pretrain", *args, "--run-dir", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
 

@@ -82,7 +82,7 @@ class DistillRun:
     student: StudentSection = field(default_factory=StudentSection)
     loss: LossSection = field(default_factory=LossSection)
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
-    reward: str = "label"
+    reward: str = "infonce"  # label-free by default: distillation never reads a label unless asked (label)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(ema_decay=0.999))

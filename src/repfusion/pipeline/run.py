@@ -88,7 +88,7 @@ def settings(cfg: PretrainRun) -> dict[str, Any]:
     for key in ("progress", "devices", "num_nodes", "accelerator", "strategy", "log_every_n_steps"):
         found["trainer"].pop(key, None)
     found["data"].pop("num_workers", None)
-    return found
+    return json.loads(json.dumps(found))  # as pretrain.json reads back (tuples as lists)
 
 
 def load_teacher(cfg: PretrainRun, source: str, init: str = "pretrained") -> DiffusionTeacher:
