@@ -170,3 +170,21 @@ def test_pipeline_killed_in_every_stage_resumes_to_the_same_result(tmp_path, mon
     for arm, summary in whole["summary"].items():
         assert resumed["summary"][arm]["runs"] == pytest.approx(summary["runs"], abs=1e-6), arm
     assert (out / "report.md").is_file() and (out / "student" / "config.json").is_file()
+
+
+def test_probe_of_a_student_reads_its_run_s_own_folder_and_records_its_width(tmp_path, tiny_teacher_dir, capsys):
+    root = tmp_path / "digits"
+    write_digits(root, 6, nested=False)
+    run = tmp_path / "distill"
+    assert main(["distill", "--teacher.source", str(tiny_teacher_dir), "--data.source", "folder", "--data.root",
+                 str(root), "--data.image_size", "16", "--student.width", "0.125", "--trainer.max_epochs", "1",
+                 "--reward", "none", "--timesteps.strategy", "fixed", "--trainer.progress", "false",
+                 "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["probe", "--student", str(run), "--run-dir", str(tmp_path / "p")]) == 0  # no data flags
+    assert str(root) in capsys.readouterr().out
+    saved = json.loads((tmp_path / "p" / "student_probe.json").read_text())
+    train, _ = train_test_split(DataConfig(source="folder", root=str(root), image_size=16))
+    assert saved["width"] == 0.125 and saved["arch"] == "resnet18_cifar"  # the student's, not a flag's default
+    assert saved["data"]["root"] == str(root) and saved["data"]["image_size"] == 16
+    assert saved["train_images"] == len(train)

@@ -221,8 +221,8 @@ def _probe(argv: list[str]) -> None:
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     """The probe's data keys, spelled as the training verbs' data section."""
-    add_flag(parser, "--data.source", "--data", dest="data", default="digits",
-             help="digits | cifar | folder | tiny-imagenet")
+    add_flag(parser, "--data.source", "--data", dest="data", default=None,
+             help="digits | cifar | folder | tiny-imagenet (default: a student run's own data, else digits)")
     add_flag(parser, "--data.root", "--root", dest="root", default=None,
              help="Dataset folder (not needed for digits).")
     add_flag(parser, "--data.image_size", "--image-size", dest="image_size", type=int, default=None)
@@ -231,16 +231,39 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
              "key and default as theirs).")
 
 
-def _probe_data(args: argparse.Namespace, image_size: int | None):
-    """The probe's data section: the training verbs' defaults, so a single folder's hold-out is theirs."""
+def _probe_data(args: argparse.Namespace, image_size: int | None, run: dict | None = None):
+    """The probe's data section: the training verbs' defaults, so a single folder's hold-out is theirs; a
+    student run's own data (source, root, size, labels, split) when no --data.source is given."""
     from .config import check_data_config
     from .data import DataConfig
 
     defaults = DataConfig()
-    data = DataConfig(source=args.data, root=args.root, image_size=image_size,
-                      split_seed=defaults.split_seed if args.split_seed is None else args.split_seed)
+    if args.data is None and run:
+        keep = {k: run[k] for k in ("source", "root", "image_size", "labels", "split_seed") if run.get(k) is not None}
+        data = DataConfig(**{**keep, **({"root": args.root} if args.root else {}),
+                             **({"image_size": image_size} if image_size else {}),
+                             **({"split_seed": args.split_seed} if args.split_seed is not None else {})})
+    else:
+        data = DataConfig(source=args.data or "digits", root=args.root, image_size=image_size,
+                          split_seed=defaults.split_seed if args.split_seed is None else args.split_seed)
     check_data_config(data)
     return data
+
+
+def _run_data(student: str) -> dict | None:
+    """The data section of the run that trained `student` (its config.yaml), so a probe reads the same images."""
+    import yaml
+
+    from .analysis.student_probe import RANDOM_PREFIX, student_folder
+
+    if student.split(":")[0] == RANDOM_PREFIX:
+        return None
+    folder = student_folder(student)
+    for config in (folder / "config.yaml", folder.parent / "config.yaml"):
+        if config.is_file():
+            data = (yaml.safe_load(config.read_text()) or {}).get("data")
+            return data if isinstance(data, dict) else None
+    return None
 
 
 def _probe_student(args: argparse.Namespace) -> None:
@@ -254,11 +277,14 @@ def _probe_student(args: argparse.Namespace) -> None:
         raise RepFusionError("A student is probed at one --student.layer; give a single layer name.")
     layer = args.student_layer or (old_layer[0] if old_layer else None)
     out = Path(args.out or "runs/student-probe")
-    data = _probe_data(args, args.image_size)
+    data = _probe_data(args, args.image_size, _run_data(args.student))
     train, test = train_test_split(data)  # a folder without split sub-folders: the training verbs' hold-out
-    print(f"Probing student {args.student} on {len(train)} train / {len(test)} test images")
+    print(f"Probing student {args.student} on {data.source}{f' ({data.root})' if data.root else ''}: {len(train)} "
+          f"train / {len(test)} test images")
     result = run_student_probe(args.student, train, test, out, layer=layer, mean=three_floats(args.mean, "--data.mean"),
-                               std=three_floats(args.std, "--data.std"), arch=args.arch, width=args.width, k=args.k)
+                               std=three_floats(args.std, "--data.std"), arch=args.arch, width=args.width, k=args.k,
+                               data_section={"source": data.source, "root": data.root, "image_size": data.image_size,
+                                     "labels": data.labels, "split_seed": data.split_seed})
     print(f"Linear probe {result['linear_probe']:.4f}, k-NN {result['knn']:.4f}; wrote {out}/student_probe.md "
           "and student_probe.json")
 

@@ -129,10 +129,16 @@ def run_student_probe(source: str, train_set: Dataset, test_set: Dataset, out: P
     """`repfusion probe --student`: probe, then write student_probe.json and student_probe.md to `out`."""
     from ..io import write_json, write_text
 
+    data = options.pop("data_section", None)
     result = probe_student(source, train_set, test_set, **options)
     shown = {k: v for k, v in options.items() if k in ("layer", "mean", "std", "arch", "width", "k") and v is not None}
-    write_json(out / "student_probe.json", {"student": str(source), **shown, "train_images": len(train_set),
-                                            "test_images": len(test_set), **result})
+    if str(source).split(":")[0] != RANDOM_PREFIX:  # the exported student's own architecture, not the flags'
+        from ..students import read_student_config
+
+        saved = read_student_config(student_folder(source))
+        shown.update(arch=saved["arch"], width=saved["width"])
+    write_json(out / "student_probe.json", {"student": str(source), **shown, "data": data,
+                                            "train_images": len(train_set), "test_images": len(test_set), **result})
     write_text(out / "student_probe.md", "\n".join([
         f"# Student probe: {source}", "",
         f"Frozen backbone, spatially averaged feature-layer output; {len(train_set)} train / {len(test_set)} test "
