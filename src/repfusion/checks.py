@@ -44,6 +44,10 @@ def check_optim_config(cfg: Any, name: str = "optim") -> None:
         raise RepFusionError(f"{name}.gamma must be a positive factor (0.1 divides the lr by 10), not {cfg.gamma}.")
     if not _number(cfg.warmup_epochs) or cfg.warmup_epochs < 0:
         raise RepFusionError(f"{name}.warmup_epochs must be 0 or more, not {cfg.warmup_epochs}.")
+    scale = getattr(cfg, "backbone_lr_scale", 1.0)
+    if not _number(scale) or not 0 <= scale <= 10:
+        raise RepFusionError(f"{name}.backbone_lr_scale must be a number in [0, 10] (1: one learning rate; 0 "
+                             f"freezes the backbone), not {scale}.")
     if cfg.milestones is not None and any(not _whole(m) or m < 1 for m in cfg.milestones):
         raise RepFusionError(f"{name}.milestones must be epochs >= 1 (or null for 50 % and 75 % of max_epochs), "
                              f"not {cfg.milestones}.")

@@ -41,6 +41,7 @@ class OptimConfig:
     milestones: list[int] | None = None
     gamma: float = 0.1
     warmup_epochs: int = 0
+    backbone_lr_scale: float = 1.0  # classification fine-tuning: the backbone's lr over the head's
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter] | list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:

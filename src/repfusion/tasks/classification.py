@@ -17,7 +17,7 @@ from ..stage import Stage
 from ..errors import RepFusionError
 from ..students import build_student, check_given_student
 from ..training import OptimConfig
-from .backbone import init_backbone, resolve_architecture
+from .backbone import HEAD_PREFIXES, init_backbone, resolve_architecture
 
 if TYPE_CHECKING:
     from .finetune import FinetuneRun
@@ -46,6 +46,17 @@ class Classification(Stage):
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalize(images01))
+
+    def trainable_parameters(self) -> list[dict]:
+        """Two groups when optim.backbone_lr_scale != 1: the (distilled) backbone at lr x scale, the new head
+        at lr, so fine-tuning can keep what distillation put in the backbone."""
+        scale = self.optim.backbone_lr_scale
+        if scale == 1.0:
+            return [{"params": list(self.parameters())}]
+        named = list(self.model.named_parameters())
+        head = [p for n, p in named if n.startswith(HEAD_PREFIXES)]
+        backbone = [p for n, p in named if not n.startswith(HEAD_PREFIXES)]
+        return [{"params": backbone, "lr": self.optim.lr * scale}, {"params": head}]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch

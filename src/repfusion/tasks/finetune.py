@@ -126,6 +126,8 @@ def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
     results = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     results = {k: float(v) for k, v in results.items()}
     results["weights"] = kept  # which weights were tested and exported: the EMA average or the raw ones
+    if trainer.limit_val_batches != 0:  # the kept weights' validation score: what a choice between runs may read
+        results[spec.monitor] = validation_score(trainer, module, datamodule, spec.monitor)
     if trainer.is_global_zero:
         tmp = staging_dir(run_dir / "model")
         exported_network(module).save_pretrained(tmp, safe_serialization=True)
