@@ -279,8 +279,8 @@ def _probe_student(args: argparse.Namespace) -> None:
     out = Path(args.out or "runs/student-probe")
     data = _probe_data(args, args.image_size, _run_data(args.student))
     train, test = train_test_split(data)  # a folder without split sub-folders: the training verbs' hold-out
-    print(f"Probing student {args.student} on {data.source}{f' ({data.root})' if data.root else ''}: {len(train)} "
-          f"train / {len(test)} test images")
+    print(f"Probing student {args.student} on {len(train)} train / {len(test)} test images of {data.source}"
+          f"{f' ({data.root})' if data.root else ''}")
     result = run_student_probe(args.student, train, test, out, layer=layer, mean=three_floats(args.mean, "--data.mean"),
                                std=three_floats(args.std, "--data.std"), arch=args.arch, width=args.width, k=args.k,
                                data_section={"source": data.source, "root": data.root, "image_size": data.image_size,
