@@ -46,7 +46,7 @@ def expected_features(run_dir, root, files):
 
 def test_embed_writes_features_in_the_order_of_the_file_list(distill_run, photos, tmp_path, capsys):
     out = tmp_path / "emb"
-    assert main(["embed", "--student", str(distill_run), "--data.root", str(photos), "--out", str(out),
+    assert main(["embed", "--student", str(distill_run), "--data.root", str(photos), "--run-dir", str(out),
                  "--data.batch_size", "3"]) == 0
     files = (out / "files.txt").read_text().splitlines()
     assert files == ["2023/x/y/z/d.png", "2024/b.jpg", "2024/jan/a.png", "c.png"]
@@ -55,7 +55,7 @@ def test_embed_writes_features_in_the_order_of_the_file_list(distill_run, photos
     assert torch.allclose(features, expected_features(distill_run, photos, files), atol=1e-5)
     assert "embed: 4/4 images" in capsys.readouterr().err  # progress on stderr once there is more than a batch
     npy = tmp_path / "npy"
-    assert main(["embed", "--student", str(distill_run / "student"), "--data.root", str(photos), "--out", str(npy),
+    assert main(["embed", "--student", str(distill_run / "student"), "--data.root", str(photos), "--run-dir", str(npy),
                  "--format", "npy"]) == 0
     assert np.allclose(np.load(npy / "features.npy", allow_pickle=False), features.numpy(), atol=1e-6)
 
@@ -73,7 +73,7 @@ def test_embed_bad_input_is_one_sentence_and_writes_nothing(distill_run, photos,
              (["--student", str(distill_run), "--data.root", str(corrupt)], "bad.png")]
     for args, words in cases:
         out = tmp_path / "out"
-        assert main(["embed", *args, "--out", str(out)]) == 1
+        assert main(["embed", *args, "--run-dir", str(out)]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and err.count("\n") == 0 and words in err, err
         assert not out.exists()

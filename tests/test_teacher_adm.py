@@ -467,3 +467,13 @@ def test_layers_names_the_mid_block_output(tmp_path, capsys):
     with pytest.raises(RepFusionError) as err:  # the ADM teacher has no null class: do not suggest one
         teacher(torch.rand(1, 3, 16, 16), torch.tensor([1]), [teacher.default_layer])
     assert "null'" not in str(err.value) and "no null class" in str(err.value)
+
+
+def test_pretrain_choice_candidates_are_the_converted_adm_blocks(tmp_path):
+    from repfusion.pipeline.choice import candidate_layers
+
+    teacher, _ = small_teacher(tmp_path)
+    found = candidate_layers(teacher)
+    names = {name for name, _, _ in teacher.layer_rows()}
+    assert set(found) <= names and "mid_block" in found  # converted to diffusers' block names on load
+    assert any(n.startswith("down_blocks.") for n in found) and any(n.startswith("up_blocks.") for n in found)

@@ -109,3 +109,12 @@ def test_hub_id_of_a_dit_pipeline_is_found_by_its_model_index(dit_dir, monkeypat
     assert detect_kind("facebook/dit-tiny") == "unet"  # nothing cached: no network wait before the UNet loader
     teacher = DiffusionTeacher.from_source("facebook/dit-tiny")
     assert isinstance(teacher, DiTTeacher) and teacher.source == "facebook/dit-tiny"
+
+
+def test_pretrain_choice_candidates_are_middle_transformer_blocks(dit_dir):
+    from repfusion.pipeline.choice import candidate_layers
+
+    teacher = DiffusionTeacher.from_source(str(dit_dir))
+    found = candidate_layers(teacher)
+    assert found and all(n.startswith("transformer_blocks.") for n in found)
+    assert set(found) <= {name for name, _, _ in teacher.layer_rows()}

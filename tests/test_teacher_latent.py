@@ -127,3 +127,11 @@ def test_short_distillation_run(ldm_dir, tmp_path):
     ckpts = list((tmp_path / "run").rglob("*.ckpt"))
     assert ckpts and not any(k.startswith(("teacher.unet.", "teacher.vae."))
                              for k in torch.load(ckpts[0], weights_only=True)["state_dict"])
+
+
+def test_pretrain_choice_candidates_are_the_latent_unet_blocks(ldm_dir):
+    from repfusion.pipeline.choice import candidate_layers
+
+    teacher = DiffusionTeacher.from_source(str(ldm_dir))
+    found = candidate_layers(teacher)
+    assert "mid_block" in found and set(found) <= {name for name, _, _ in teacher.layer_rows()}

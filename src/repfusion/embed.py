@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import RepFusionError
+from .flags import add_flag
 
 FORMATS = ("safetensors", "npy")
 
@@ -110,7 +111,8 @@ def run(argv: list[str]) -> None:
                         help="Pixel mean (default: the run's).")
     parser.add_argument("--data.std", dest="std", type=_floats3, default=None, help="Pixel std (default: the run's).")
     parser.add_argument("--data.batch_size", dest="batch_size", type=int, default=64)
-    parser.add_argument("--out", default="runs/embed", help="Output folder (default runs/embed).")
+    add_flag(parser, "--run-dir", "--out", dest="out", default="runs/embed",
+             help="Output folder (default runs/embed).")
     parser.add_argument("--format", default="safetensors", choices=FORMATS)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when present).")
     args = parser.parse_args(argv)
