@@ -188,3 +188,17 @@ def test_probe_of_a_student_reads_its_run_s_own_folder_and_records_its_width(tmp
     assert saved["width"] == 0.125 and saved["arch"] == "resnet18_cifar"  # the student's, not a flag's default
     assert saved["data"]["root"] == str(root) and saved["data"]["image_size"] == 16
     assert saved["train_images"] == len(train)
+
+
+def test_the_one_command_needs_only_the_folder(capsys):
+    from repfusion.config import config_parser, parse_config
+    from repfusion.pipeline import PretrainRun
+
+    parser = config_parser("repfusion pretrain", PretrainRun, "")
+    cfg = parse_config(parser, PretrainRun, ["--data.root", "photos"]).config
+    assert (cfg.distill.epochs, cfg.finetune.epochs, cfg.seeds) == (30, 50, 3)
+    assert cfg.data.source == "folder" and cfg.data.labels == "auto" and cfg.teacher.source is None
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    shown = capsys.readouterr().out
+    assert "[--distill.epochs EPOCHS]" in shown and "[--finetune.epochs EPOCHS]" in shown  # nothing else required

@@ -63,7 +63,7 @@ class StageBudget:
     """lr: SGD (momentum 0.9) learning rate; batch_size null: data.batch_size, and for fine-tuning at most a
     sixth of the labelled images (a power of two, at least 16), so a small label budget still takes steps."""
 
-    epochs: int
+    epochs: int = 30
     lr: float = 0.1
     batch_size: int | None = None
 
@@ -73,6 +73,9 @@ class PretrainRun:
     """Folder -> teacher (given or trained) -> layer/t choice -> distillation (trained and random-weight
     teacher, per seed) -> exported backbone -> with labels: frozen probes and fine-tuning of RepFusion,
     scratch, equal-compute scratch and the random-teacher student on a stratified label fraction -> report.
+
+    trainer: hardware, precision, loggers, EMA and progress for every stage; each stage sets its own
+    max_epochs (teacher.epochs, distill.epochs, finetune.epochs) and seed.
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(source="folder", labels="auto"))
