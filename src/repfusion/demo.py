@@ -10,11 +10,8 @@ labelled subset per seed (`demo_arms`) -> paired differences with 95 % intervals
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .data import DataConfig
 from .data.labels import check_label_budget
@@ -39,12 +36,9 @@ class DemoConfig:
     image_size: int = 16
     crop_padding: int = 2
     teacher_layer: str = "up_blocks.0"  # the decoder layer the CIFAR probe chose (teacher_layers_cifar.md)
-    strategy: str = "fixed"
-    reward: str = "none"
     noise_mode: str = "clean"
     progress: bool = True
     resume: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def quick(cfg: DemoConfig) -> DemoConfig:
@@ -58,20 +52,6 @@ def check_demo(cfg: DemoConfig) -> None:
     if cfg.seeds < 2:
         raise RepFusionError(f"--seeds must be at least 2 for a confidence interval, not {cfg.seeds}.")
     check_label_budget(cfg.label_fraction, None)
-
-
-def demo_trainer(epochs: int, cfg: DemoConfig, seed: int = 0, ema: float | None = 0.99, **extra: Any) -> TrainerConfig:
-    return TrainerConfig(max_epochs=epochs, seed=seed, ema_decay=ema, progress=cfg.progress, log_every_n_steps=5,
-                         **extra)
-
-
-def run_stage(name: str, cfg: DemoConfig, fn: Callable[[], Any]) -> Any:
-    print(f"\n== {name}", flush=True)
-    start = time.time()
-    result = fn()
-    cfg.timings[name] = time.time() - start
-    print(f"== {name}: {cfg.timings[name]:.1f} s", flush=True)
-    return result
 
 
 def demo_pretrain(cfg: DemoConfig) -> PretrainRun:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .analysis.plots import plot_arms
 from .data import DataConfig
-from .demo import demo_trainer, run_stage
 from .pipeline.report import results_table
 from .pipeline.run import check_out
 from .demo_arms import compare_arms, cost_section, distill_arms, finetune_arms, run_once, verdict
@@ -31,7 +31,7 @@ from .errors import RepFusionError
 from .io import write_json, write_text
 from .tasks.finetune import FinetuneRun, ModelSection
 from .teachers.train import TeacherRun, train_teacher
-from .training import OptimConfig
+from .training import OptimConfig, TrainerConfig
 
 @dataclass(frozen=True)
 class DenseMetric:
@@ -72,6 +72,20 @@ class DenseDemoConfig:
     @property
     def folder(self) -> Path:
         return Path(self.out or f"runs/demo-{self.task}")
+
+
+def demo_trainer(epochs: int, cfg: DenseDemoConfig, seed: int = 0, ema: float | None = 0.99, **extra: Any) -> TrainerConfig:
+    return TrainerConfig(max_epochs=epochs, seed=seed, ema_decay=ema, progress=cfg.progress, log_every_n_steps=5,
+                         **extra)
+
+
+def run_stage(name: str, cfg: DenseDemoConfig, fn: Callable[[], Any]) -> Any:
+    print(f"\n== {name}", flush=True)
+    start = time.time()
+    result = fn()
+    cfg.timings[name] = time.time() - start
+    print(f"== {name}: {cfg.timings[name]:.1f} s", flush=True)
+    return result
 
 
 def quick_dense(cfg: DenseDemoConfig) -> DenseDemoConfig:

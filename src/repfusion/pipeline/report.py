@@ -34,9 +34,10 @@ def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
     parts = [f"# RepFusion pretrain report: {where}", "",
              f"Images: {facts['train_images']} training, {facts['test_images']} test ({facts['layout']}); labels: "
              f"{facts['labels']}; {data['image_size']} px ({facts['size_reason']}). Teacher: `{result['teacher']}`. "
-             f"Student {result['student']['arch']} at width {result['student']['width']}. 10 % of the training "
-             "images are the validation split, which makes every choice; the test split is only reported.", "",
-             f"## Teacher layer and t", "", f"`{choice['layer']}`, {choice['mode']} input, t = {choice['t']}: "
+             f"Student {result['student']['arch']} at width {result['student']['width']}. "
+             f"{100 * data['val_fraction']:g} % of the training images are the validation split, which makes every "
+             "choice; the test split is only reported.", "",
+             "## Teacher layer and t", "", f"`{choice['layer']}`, {choice['mode']} input, t = {choice['t']}: "
              f"{choice['reason']} Details: [choice.md](choice.md).", "",
              "## Distillation", "", f"Label-free dense hint on that layer ({cfg.distill.epochs} epochs), the target "
              "standardised per channel. Seed 0, trained teacher:", "",
