@@ -109,6 +109,16 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys):
         assert not (tmp_path / "run").exists()
 
 
+def test_a_layer_the_teacher_to_be_trained_lacks_is_refused_before_it_trains(tmp_path, capsys):
+    root = tmp_path / "digits"
+    write_digits(root, 2, nested=False)
+    assert main(["pretrain", "--data.root", str(root), *TINY, "--choice.layers", "[no_such_block]",
+                 "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error:")]  # (after the grayscale note)
+    assert errors == err[-1:] and "choice.layers names no_such_block" in err[-1] and not (tmp_path / "run").exists()
+
+
 class Killed(Exception):
     """Stands in for SIGKILL in-process (Lightning turns a KeyboardInterrupt into exit and ignores SIGINT after)."""
 

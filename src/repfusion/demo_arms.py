@@ -39,13 +39,14 @@ def run_once(done: Path, run: Callable[[bool], Any], run_dir: Path, cfg: Any) ->
     return run(resume)
 
 
-def distill_arms(cfg: Any, out: Path, make_run: Callable[[str, int], Any]) -> None:
-    """Per seed, the distillation from the trained teacher and from the random-weight one; `make_run(init,
-    seed)` gives the run's config, so each demo keeps its own recipe."""
+def distill_arms(cfg: Any, out: Path, make_run: Callable[[str, int], Any],
+                 teachers: dict[str, str] = TEACHERS) -> None:
+    """Per seed, the distillation from each of `teachers` (arm -> teacher.init: by default the trained teacher
+    and the random-weight one); `make_run(init, seed)` gives the run's config, so each demo keeps its own recipe."""
     from .distill.run import run_distillation
 
     for seed in range(cfg.seeds):
-        for arm, init in TEACHERS.items():
+        for arm, init in teachers.items():
             run_dir = distill_dir(out, arm, seed)
             run_once(run_dir / "student" / "config.json",
                      lambda r: run_distillation(make_run(init, seed), run_dir, r), run_dir, cfg)

@@ -22,14 +22,13 @@ from typing import Any
 from ..analysis.controls import labelled_images, paired_entry
 from ..analysis.student_probe import probe_student
 from ..data import DataConfig, ImageDataModule
-from ..demo_arms import ARMS, TEACHERS, compare_arms, distill_dir, finetune_arms, run_once, verdict
-from ..distill.run import DistillRun, LossSection, StudentSection, TeacherSection, run_distillation
+from ..demo_arms import ARMS, TEACHERS, compare_arms, distill_arms, distill_dir, finetune_arms, run_once, verdict
+from ..distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from ..distill.timesteps import TimestepConfig
 from ..errors import RepFusionError
 from ..io import replace_dir, staging_dir, write_json
 from ..tasks.finetune import FinetuneRun, ModelSection
 from ..teachers import DiffusionTeacher
-from ..teachers.presets import TEACHER_PRESETS
 from ..teachers.train import TeacherRun, train_teacher
 from ..training import OptimConfig
 from .choice import Choice, check_choice, choose, read_choice
@@ -191,10 +190,11 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     teacher = load_teacher(cfg, given) if given else None  # a teacher that does not load stops here
     data, facts = inspect_data(cfg.data, teacher.sample_size if teacher is not None else None, cfg.auto_flip)
     preset = cfg.teacher.preset or ("tiny-16" if data.image_size <= 16 else "small-32")
-    native = (teacher.sample_size if teacher is not None else TEACHER_PRESETS[preset]["sample_size"]) == data.image_size
-    if teacher is not None:
-        teacher.check_input((1, 3, data.image_size, data.image_size))
-        check_choice(cfg.choice, teacher)
+    # the teacher to be trained is checked through its architecture (random weights), before anything trains
+    shape = teacher if teacher is not None else load_teacher(cfg, preset, init="random")
+    native = shape.sample_size == data.image_size
+    shape.check_input((1, 3, data.image_size, data.image_size))
+    check_choice(cfg.choice, shape)
     arch = cfg.student.arch or default_arch(data.image_size)
     labelled = facts.labelled
     if labelled and cfg.seeds < 2:
@@ -239,16 +239,10 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     choice = progress.run("choose the teacher layer and t", choose_now, skipped=read_choice(out) is not None)
     print(f"   chosen: {choice.layer}, {choice.mode} input, t = {choice.t} ({choice.reason})")
 
-    def distill_all() -> None:
-        make = lambda init, seed: distill_config(cfg, data, source, arch, choice, init, seed, native)  # noqa: E731
-        if labelled:
-            from ..demo_arms import distill_arms
-
-            distill_arms(plan, out, make)
-        else:
-            run_dir_ = distill_dir(out, "repfusion", 0)
-            run_once(run_dir_ / "student" / "config.json", lambda r: run_distillation(make("pretrained", 0), run_dir_, r),
-                     run_dir_, plan)
+    def distill_all() -> None:  # without labels nothing compares the controls: one trained-teacher run
+        distill_arms(plan if labelled else Plan(1, resume), out,
+                     lambda init, seed: distill_config(cfg, data, source, arch, choice, init, seed, native),
+                     TEACHERS if labelled else {"repfusion": TEACHERS["repfusion"]})
 
     progress.run("distil", distill_all)
     progress.run("export the backbone", lambda: export_backbone(out))
@@ -280,8 +274,9 @@ def card_to(folder: Path, result: dict[str, Any]) -> None:
     """The exported backbone's model card gains the report's numbers (its facts came with the export)."""
     from ..model_card import read_model_card, update_model_card_metrics
 
-    if read_model_card(folder) is not None and card_metrics(result):
-        update_model_card_metrics(folder, card_metrics(result))
+    metrics = card_metrics(result)
+    if metrics and read_model_card(folder) is not None:
+        update_model_card_metrics(folder, metrics)
 
 
 def export_backbone(out: Path) -> None:
