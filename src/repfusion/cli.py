@@ -307,6 +307,18 @@ def _layers(argv: list[str]) -> None:
                       teacher_options=_teacher_options(args) if args.teacher else None))
 
 
+def _export(argv: list[str]) -> None:
+    from .export import run
+
+    run(argv)
+
+
+def _embed(argv: list[str]) -> None:
+    from .embed import run
+
+    run(argv)
+
+
 VERBS = {
     "demo": (_demo, "the whole pipeline on embedded data, with a report"),
     "pretrain": (_pretrain, "one command: your folder (+ teacher, labels) to a distilled backbone and a report"),
@@ -315,10 +327,8 @@ VERBS = {
     "finetune": (_finetune, "fine-tune a distilled student (or train from scratch)"),
     "probe": (_probe, "what a teacher knows at each t, or a frozen student's probe accuracy"),
     "layers": (_layers, "list a teacher's or student's layers with output shapes"),
-    "export": (lambda argv: __import__("repfusion.export", fromlist=["run"]).run(argv),
-               "a run's backbone as ONNX or torchvision-keyed weights"),
-    "embed": (lambda argv: __import__("repfusion.embed", fromlist=["run"]).run(argv),
-              "pooled features of every image in a folder, with the file list"),
+    "export": (_export, "a run's backbone as ONNX or torchvision-keyed weights"),
+    "embed": (_embed, "pooled features of every image in a folder, with the file list"),
 }
 
 
