@@ -46,8 +46,31 @@ def _require_maps(name: str, student: Shape, teacher: Shape) -> None:
         )
 
 
+def build_projector(kind: str, student_shape: Shape, teacher_shape: Shape, hidden: int | None = None) -> nn.Module:
+    """What maps student channels to teacher channels before the distance; trained with the student and dropped
+    with the loss after distillation (it is never part of the exported backbone).
+
+    `linear`: a 1x1 convolution (the paper's hint adapter). `mlp`: 1x1 conv -> BatchNorm -> GELU -> 1x1 conv
+    with `hidden` channels (default: the larger side), the regressor head of DreamTeacher / REPA's projector,
+    so the backbone need not reproduce what is specific to the teacher.
+    """
+    spatial = len(student_shape) == 3
+    c_in, c_out = student_shape[0], teacher_shape[0]
+    if kind == "linear":
+        return nn.Conv2d(c_in, c_out, 1) if spatial else nn.Linear(c_in, c_out)
+    if kind == "mlp":
+        width = int(hidden or max(c_in, c_out))
+        if spatial:
+            return nn.Sequential(nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.GELU(),
+                                 nn.Conv2d(width, c_out, 1))
+        return nn.Sequential(nn.Linear(c_in, width, bias=False), nn.BatchNorm1d(width), nn.GELU(),
+                             nn.Linear(width, c_out))
+    raise RepFusionError(f"loss.options.projector must be 'linear' or 'mlp', not '{kind}'.")
+
+
 class AdaptedLoss(nn.Module):
-    """Shared by hint, cosine and L1: a 1x1 conv maps student channels to teacher channels.
+    """Shared by hint, cosine, L1 and cosine_smoothl1: a projector (`projector`: linear 1x1 conv, or mlp) maps
+    student channels to teacher channels.
 
     mode `pooled` compares global-average-pooled vectors (classification pre-training); `dense` compares
     maps (before dense tasks) on the grid `grid` names: `teacher` (default) resizes the student map bilinearly
@@ -58,7 +81,8 @@ class AdaptedLoss(nn.Module):
     default_weight = 1.0
 
     def __init__(self, student_shape: Shape, teacher_shape: Shape, mode: str = "pooled",
-                 weight: float | None = None, grid: str = "teacher") -> None:
+                 weight: float | None = None, grid: str = "teacher", projector: str = "linear",
+                 hidden: int | None = None) -> None:
         super().__init__()
         if mode not in ("pooled", "dense"):
             raise RepFusionError(f"loss.mode must be 'pooled' or 'dense', not '{mode}'.")
@@ -71,8 +95,7 @@ class AdaptedLoss(nn.Module):
         if grid == "coarser" and len(student_shape) == 3 and len(teacher_shape) == 3:
             self.teacher_size = min(tuple(student_shape[1:]), self.teacher_size, key=lambda hw: hw[0] * hw[1])
         self.weight = self.default_weight if weight is None else weight
-        self.adapter = nn.Conv2d(student_shape[0], teacher_shape[0], 1) if len(student_shape) == 3 else nn.Linear(
-            student_shape[0], teacher_shape[0])
+        self.adapter = build_projector(projector, student_shape, teacher_shape, hidden)
         self.terms: dict[str, torch.Tensor] = {}
 
     def align(self, student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +136,16 @@ class L1Loss(AdaptedLoss):
 
     def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(student, teacher)
+
+
+@LOSSES.register(name="cosine_smoothl1")
+class CosineSmoothL1Loss(AdaptedLoss):
+    """0.9 x (1 - cosine) + 0.1 x smooth-L1 (AM-RADIO's feature loss): the direction of the teacher feature
+    matters most, its magnitude a little (per position in dense mode)."""
+
+    def distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        cosine = (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
+        return 0.9 * cosine + 0.1 * F.smooth_l1_loss(student, teacher)
 
 
 @LOSSES.register(name="at")

@@ -17,7 +17,7 @@ from ..data.datasets import dataset_targets
 from ..checks import check_run_config
 from ..errors import RepFusionError
 from ..features import layer_output, resolve_modules
-from ..io import replace_dir, staging_dir, write_json
+from ..io import replace_dir, save_tensors, staging_dir, write_json
 from ..students import build_student, check_given_student
 from ..teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
@@ -26,6 +26,8 @@ from .module import Distillation
 from .rewards import build_reward
 from .target_norm import build_target_norm
 from .timesteps import TimestepConfig, build_strategy
+
+HEAD_FILE = "distillation_head.safetensors"  # read back by tasks.teacher_in_loop
 
 
 @dataclass
@@ -157,8 +159,17 @@ def export_student(module: Distillation, cfg: DistillRun, out: Path, steps: int 
 
     tmp = staging_dir(out)
     module.student.save_pretrained(tmp, safe_serialization=True)
+    # the adapter / projector and the target statistics: not part of the backbone, kept beside it so that
+    # fine-tuning can put the same teacher back in the loop (tasks.teacher_in_loop)
+    head = {f"distill_loss.{k}": v for k, v in module.distill_loss.state_dict().items()}
+    if module.target_norm is not None:
+        head |= {f"target_norm.{k}": v for k, v in module.target_norm.state_dict().items()}
+    save_tensors(tmp / HEAD_FILE, {k: v.detach().cpu().contiguous() for k, v in head.items()})
+    teacher = asdict(cfg.teacher)
+    if cfg.teacher.init == "random" and cfg.teacher.init_seed is None:
+        teacher["init_seed"] = cfg.trainer.seed  # the random teacher it had, so it can be rebuilt exactly
     write_json(tmp / "distillation.json", {
-        "teacher": asdict(cfg.teacher), "student": asdict(cfg.student), "loss": asdict(cfg.loss),
+        "teacher": teacher, "student": asdict(cfg.student), "loss": asdict(cfg.loss),
         "timesteps": asdict(cfg.timesteps), "reward": cfg.reward,
         "final_t_distribution": module.t_history[-1] if module.t_history else None,
         "steps": steps,  # optimiser steps taken: what an equal-compute baseline must match

@@ -18,6 +18,7 @@ from ..errors import RepFusionError
 from ..students import build_student, check_given_student
 from ..training import OptimConfig
 from .backbone import HEAD_PREFIXES, init_backbone, resolve_architecture
+from .teacher_in_loop import TeacherInLoop, build_in_loop, pool_images
 
 if TYPE_CHECKING:
     from .finetune import FinetuneRun
@@ -31,15 +32,26 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
 
 
 class Classification(Stage):
-    """Cross-entropy on the student's logits; top-1/top-5 from torchmetrics, reduced across ranks."""
+    """Cross-entropy on the student's logits; top-1/top-5 from torchmetrics, reduced across ranks.
+
+    Two ways to keep what distillation put into the backbone, each the same for every arm:
+
+    - `head_epochs` (LP-FT, Kumar et al. 2022): the first epochs fit only the new head, the backbone frozen
+      (no gradient, BatchNorm statistics kept), so the head is fitted before its gradient reaches the backbone;
+    - `in_loop` (the teacher in the loop): L = CE + w * (D_labelled + D_unlabelled), see `teacher_in_loop`.
+    """
 
     def __init__(self, model: nn.Module, num_classes: int, optim: OptimConfig, image_size: int,
                  normalize: Normalize | None = None, crop_padding: int = 4, flip: bool = True,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, head_epochs: int = 0, in_loop: TeacherInLoop | None = None) -> None:
         super().__init__(image_size, optim, crop_padding, flip)
         self.model = model
         self.normalize = normalize or Normalize()
         self.label_smoothing = label_smoothing
+        self.head_epochs = head_epochs
+        self.in_loop = in_loop
+        if in_loop is not None:
+            in_loop.attach(model)
         self.train_metrics = accuracy_metrics(num_classes, "train/")
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
@@ -58,13 +70,52 @@ class Classification(Stage):
         backbone = [p for n, p in named if not n.startswith(HEAD_PREFIXES)]
         return [{"params": backbone, "lr": self.optim.lr * scale}, {"params": head}]
 
+    @property
+    def head_only(self) -> bool:
+        """True in LP-FT's first phase (the epochs in which only the head trains)."""
+        return self.current_epoch < self.head_epochs
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Frozen: no backbone parameter gets a gradient and every backbone module is in eval mode (BatchNorm
+        keeps its statistics), so nothing of the backbone changes; the optimiser keeps every parameter."""
+        for name, parameter in self.model.named_parameters():
+            if not name.startswith(HEAD_PREFIXES):
+                parameter.requires_grad_(not frozen)
+        if frozen:
+            for name, module in self.model.named_modules():
+                if name and not f"{name}.".startswith(HEAD_PREFIXES):
+                    module.eval()
+
+    def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
+        if self.head_epochs > 0:  # per batch: Lightning restores the modules' modes after each validation
+            self.set_backbone_frozen(self.head_only)
+
+    def objective(self, images: torch.Tensor, labels: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        """The step's loss terms. A labelled batch gives CE (+ w * D with the teacher in the loop); the batch
+        drawn from every training image (labelled or not, no label read) gives only w * D."""
+        terms: dict[str, torch.Tensor] = {}
+        if labels is not None:
+            logits = self(images)
+            terms["ce"] = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+            terms["logits"] = logits.detach()
+        use_teacher = self.in_loop is not None and not self.head_only
+        if use_teacher and labels is not None:
+            terms["distill_labelled"] = self.in_loop.weight * self.in_loop.labelled_term(self.model, images)
+        if use_teacher:
+            terms["distill_unlabelled"] = self.in_loop.weight * self.in_loop.unlabelled_term(self.model, step)
+        return terms
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        self.train_metrics.update(logits.detach(), labels)
+        terms = self.objective(images, labels, self.global_step)
+        logits = terms.pop("logits")
+        loss = sum(terms.values())
+        self.train_metrics.update(logits, labels)
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True,
                  batch_size=len(images))
+        if len(terms) > 1:
+            self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=False, on_epoch=True,
+                          sync_dist=True, batch_size=len(images))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return loss
 
@@ -104,5 +155,15 @@ def build_classification(cfg: FinetuneRun, datamodule: ImageDataModule,
     else:
         model = given_classifier(student, cfg.init, datamodule.num_classes, channels)
     init_backbone(model, cfg.init)
-    return Classification(model, datamodule.num_classes, cfg.optim, height, Normalize(cfg.data.mean, cfg.data.std),
-                          cfg.data.crop_padding, cfg.data.flip, cfg.label_smoothing)
+    normalize = Normalize(cfg.data.mean, cfg.data.std)
+    in_loop = None
+    if cfg.teacher_in_loop.enabled:
+        section = cfg.teacher_in_loop
+        term = build_in_loop(cfg.init, model, model.feature_layer, section, (channels, height, height))
+        every_image = ImageDataModule(cfg.data)  # not cut to the labels: x_u is drawn from every training image
+        every_image.setup()
+        in_loop = TeacherInLoop(term, section, pool_images(every_image.train_set),
+                                section.batch_size or cfg.data.batch_size, cfg.data.crop_padding, cfg.data.flip,
+                                cfg.trainer.seed, normalize)
+    return Classification(model, datamodule.num_classes, cfg.optim, height, normalize, cfg.data.crop_padding,
+                          cfg.data.flip, cfg.label_smoothing, cfg.head_epochs, in_loop)

@@ -21,6 +21,7 @@ from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, r
 from .landmarks import LandmarkSection
 from .registry import TASKS, TaskSpec
 from .segmentation import SegmentationSection
+from .teacher_in_loop import TeacherInLoopSection
 
 
 @dataclass
@@ -40,6 +41,11 @@ class FinetuneRun:
 
     data.label_fraction / data.labels_per_class cut the training split to a stratified, seeded subset
     here (the label-scarce regime); the teacher and distillation stages ignore them and use every image.
+
+    head_epochs (classification): LP-FT, the first head_epochs of trainer.max_epochs fit only the new head
+    with the backbone frozen; with optim.backbone_lr_scale < 1 the backbone then trains at a lower rate.
+    teacher_in_loop (classification, init a distill run): the init's distillation term stays in the loss for
+    the whole fine-tuning, on the labelled batch and on a batch of every training image (`teacher_in_loop`).
     """
 
     task: str = "classification"
@@ -49,8 +55,18 @@ class FinetuneRun:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(nesterov=True))
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     label_smoothing: float = 0.0
+    head_epochs: int = 0
+    teacher_in_loop: TeacherInLoopSection = field(default_factory=TeacherInLoopSection)
     segmentation: SegmentationSection = field(default_factory=SegmentationSection)
     landmarks: LandmarkSection = field(default_factory=LandmarkSection)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.head_epochs, bool) or not isinstance(self.head_epochs, int) or self.head_epochs < 0:
+            raise RepFusionError(f"head_epochs must be a whole number >= 0 (0: no head-only phase), not "
+                                 f"{self.head_epochs}.")
+        if self.task != "classification" and (self.head_epochs or self.teacher_in_loop.enabled):
+            raise RepFusionError(f"head_epochs and teacher_in_loop apply to classification fine-tuning, not {self.task}; "
+                                 "leave them at 0 for dense tasks.")
 
 
 def check_targets(spec: TaskSpec, datamodule: ImageDataModule) -> None:
