@@ -27,6 +27,7 @@ from ..distill.run import DistillRun, LossSection, StudentSection, TeacherSectio
 from ..distill.timesteps import TimestepConfig
 from ..errors import RepFusionError
 from ..io import replace_dir, staging_dir, write_json
+from ..students import check_student
 from ..tasks.finetune import FinetuneRun, ModelSection
 from ..teachers import DiffusionTeacher
 from ..teachers.train import TeacherRun, train_teacher
@@ -66,6 +67,8 @@ def check_pretrain(cfg: PretrainRun) -> None:
                              "or small-32, or give a trained teacher with --teacher.source.")
     if cfg.student.width <= 0:
         raise RepFusionError(f"student.width must be positive, not {cfg.student.width}.")
+    if cfg.student.arch is not None:  # the default (resnet18_cifar or resnet18, from the image size) is built in
+        check_student(cfg.student.arch, cfg.student.width)
 
 
 def check_out(out: Path, resume: bool, wanted: dict[str, Any], saved_name: str = SETTINGS_FILE) -> None:

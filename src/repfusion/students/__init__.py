@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import RepFusionError
 from ..registry import Registry
-from .external import ExternalStudent, check_width, is_external, split_name
+from .external import ExternalStudent, check_external, is_external
 from .hrnet import HRNET_ARCHS, HRNet
 from .mobilenetv2 import MOBILENET_ARCHS, MobileNetV2
 from .module import ModuleStudent, check_given_student
@@ -32,13 +32,22 @@ STUDENT_CLASSES = {"ResNet": ResNet, "MobileNetV2": MobileNetV2, "HRNet": HRNet,
                    "ModuleStudent": ModuleStudent}
 
 
-def build_student(name: str, width: float = 1.0, num_classes: int = 0, in_channels: int = 3) -> ModelMixin:
-    """A randomly initialised student; num_classes = 0 gives the bare backbone."""
+def check_student(name: str, width: float = 1.0) -> None:
+    """Whether `build_student(name, width)` can build it, told without building anything: a built-in name, or
+    `timm:NAME` / `torchvision:NAME` in that library's registry (a malformed name is refused before any import),
+    then the width; one sentence naming what is wrong."""
+    if is_external(name):
+        check_external(name, width)
+    else:
+        STUDENTS.get(name)
     if width <= 0:
         raise RepFusionError(f"student.width must be positive, not {width}.")
-    if is_external(name):  # timm:NAME / torchvision:NAME; refused before any import when malformed
-        split_name(name)
-        check_width(name, width)
+
+
+def build_student(name: str, width: float = 1.0, num_classes: int = 0, in_channels: int = 3) -> ModelMixin:
+    """A randomly initialised student; num_classes = 0 gives the bare backbone."""
+    check_student(name, width)
+    if is_external(name):
         return ExternalStudent(arch=name, width=width, num_classes=num_classes, in_channels=in_channels)
     return STUDENTS.get(name)(arch=name, width=width, num_classes=num_classes, in_channels=in_channels)
 
@@ -100,4 +109,4 @@ def load_student(folder: str | Path, module: nn.Module | None = None) -> ModelMi
 
 
 __all__ = ["STUDENTS", "ExternalStudent", "HRNet", "MobileNetV2", "ModuleStudent", "ResNet", "build_student",
-           "check_given_student", "find_export", "load_student", "read_student_config"]
+           "check_given_student", "check_student", "find_export", "load_student", "read_student_config"]

@@ -52,10 +52,32 @@ def import_library(library: str, arch: str) -> ModuleType:
                              f"(or pip install 'repfusion[{library}]').") from None
 
 
+def check_known(module: ModuleType, library: str, name: str) -> None:
+    """`name` is in the library's own registry (and, for torchvision, gives B x C x H x W maps); nothing built."""
+    if library == "timm":
+        if not module.is_model(name):
+            raise unknown_name_error("timm model", name, module.list_models(), hint=" (timm.list_models() lists them)")
+        return
+    models = module.models
+    known = models.list_models(module=models)  # classification models only
+    if name not in known:
+        raise unknown_name_error("torchvision model", name, known,
+                                 hint=" (torchvision.models.list_models() lists them)")
+    if name.startswith(CHANNELS_LAST):
+        raise RepFusionError(f"torchvision model {name} gives channels-last feature maps, which a student's "
+                             "B x C x H x W feature layer cannot be; choose a convolutional model.")
+
+
+def check_external(arch: str, width: float) -> None:
+    """Everything about `timm:NAME` / `torchvision:NAME` that can be told without building it, in the order a
+    user fixes them: the name's form (before any import), the library, the model in its registry, the width."""
+    library, name = split_name(arch)
+    check_known(import_library(library, arch), library, name)
+    check_width(arch, width)
+
+
 def timm_net(timm: ModuleType, name: str, in_channels: int) -> tuple[nn.Module, str, int]:
-    """A random timm model without classifier, its last feature_info layer and its input size."""
-    if not timm.is_model(name):
-        raise unknown_name_error("timm model", name, timm.list_models(), hint=" (timm.list_models() lists them)")
+    """A random timm model without classifier, its last feature_info layer and its input size (`name` checked)."""
     net = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
     info = getattr(net, "feature_info", None)
     if not info or not isinstance(info[-1], dict) or "module" not in info[-1]:
@@ -92,15 +114,8 @@ def first_conv_for(net: nn.Module, in_channels: int) -> None:
 
 
 def torchvision_net(torchvision: ModuleType, name: str, in_channels: int) -> tuple[nn.Module, str, int]:
-    models = torchvision.models
-    known = models.list_models(module=models)  # classification models only
-    if name not in known:
-        raise unknown_name_error("torchvision model", name, known,
-                                 hint=" (torchvision.models.list_models() lists them)")
-    if name.startswith(CHANNELS_LAST):
-        raise RepFusionError(f"torchvision model {name} gives channels-last feature maps, which a student's "
-                             "B x C x H x W feature layer cannot be; choose a convolutional model.")
-    net = models.get_model(name, weights=None)
+    """A random torchvision model, its feature layer and its input size (`name` checked)."""
+    net = torchvision.models.get_model(name, weights=None)
     first_conv_for(net, in_channels)
     return net, torchvision_feature_layer(net), 299 if name.startswith("inception") else 224
 
@@ -119,8 +134,8 @@ class ExternalStudent(NetWrapper):
     def __init__(self, arch: str = "torchvision:resnet18", width: float = 1.0, num_classes: int = 0,
                  in_channels: int = 3) -> None:
         super().__init__()
+        check_external(arch, width)
         library, name = split_name(arch)
-        check_width(arch, width)
         module = import_library(library, arch)
         build = timm_net if library == "timm" else torchvision_net
         net, feature_layer, size = build(module, name, in_channels)
