@@ -36,7 +36,7 @@ def export(folder: Path, mean: float = 0.5, std: float = 0.5) -> torch.nn.Module
 
 def test_random_student_probes_well_above_chance(small_digits):
     result = probe_student("random:resnet18_cifar", *small_digits, width=0.125)
-    assert set(result) == {"linear_probe", "knn"}
+    assert set(result) == {"linear_probe", "knn", "knn_k"} and result["knn_k"] == 20  # every class has 20+ images
     assert result["linear_probe"] > 0.5 and result["knn"] > 0.5
 
 

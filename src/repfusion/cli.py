@@ -285,7 +285,8 @@ def _probe_student(args: argparse.Namespace) -> None:
                                std=three_floats(args.std, "--data.std"), arch=args.arch, width=args.width, k=args.k,
                                data_section={"source": data.source, "root": data.root, "image_size": data.image_size,
                                      "labels": data.labels, "split_seed": data.split_seed})
-    print(f"Linear probe {result['linear_probe']:.4f}, k-NN {result['knn']:.4f}; wrote {out}/student_probe.md "
+    knn = "-" if result["knn"] is None else f"{result['knn']:.4f}"  # None: too few labels per class (knn_note)
+    print(f"Linear probe {result['linear_probe']:.4f}, k-NN {knn}; wrote {out}/student_probe.md "
           "and student_probe.json")
 
 

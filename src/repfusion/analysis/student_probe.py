@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,18 +82,59 @@ def student_features(model: nn.Module, dataset: Dataset, layer: str, normalize: 
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def knn_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], k: int = 20) -> float:
-    """Majority vote of the k most cosine-similar training features."""
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(train[0])), metric="cosine", algorithm="brute")
+def knn_neighbours(train_labels: np.ndarray, test_labels: np.ndarray, k: int = 20) -> tuple[int | None, str]:
+    """(the k a k-NN probe can use, why it is not `k`: "" when it is).
+
+    A majority vote of k neighbours means something only where every class has at least k labelled training
+    images; otherwise the vote is the class prior (a 20-NN on 21 images of 10 classes scores about chance).
+    So k is lowered to the smallest per-class count; a class of the test labels with no training image, or a
+    single class, leaves no k-NN at all (None).
+    """
+    classes, counts = np.unique(np.asarray(train_labels), return_counts=True)
+    missing = np.setdiff1d(np.unique(np.asarray(test_labels)), classes)
+    if len(classes) < 2:
+        return None, f"no k-NN: the training images hold {len(classes)} class(es)"
+    if len(missing):
+        return None, f"no k-NN: class {missing[0]} has no labelled training image"
+    smallest = int(counts.min())
+    if smallest >= k:
+        return k, ""
+    return smallest, f"k lowered from {k} to {smallest}: the smallest class has {smallest} labelled training image(s)"
+
+
+def knn_accuracy(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                 k: int = 20) -> float | None:
+    """Majority vote of the k most cosine-similar training features, k as `knn_neighbours` allows (None: no
+    k-NN, see there)."""
+    used, _ = knn_neighbours(train[1], test[1], k)
+    if used is None:
+        return None
+    knn = KNeighborsClassifier(n_neighbors=used, metric="cosine", algorithm="brute")
     knn.fit(*train)
     return float(knn.score(*test))
+
+
+def knn_words(result: dict[str, Any]) -> str:
+    """How a probe result's k-NN was fitted, for a report: "k = 20, cosine similarity, majority vote" and
+    the note where k was lowered, or only the note where there is no k-NN."""
+    if result.get("knn_k") is None:
+        return result.get("knn_note", "none")
+    note = f" ({result['knn_note']})" if result.get("knn_note") else ""
+    return f"k = {result['knn_k']}{note}, cosine similarity, majority vote"
+
+
+def knn_shown(value: float | None, scale: float = 1.0, digits: int = 4) -> str:
+    """A k-NN accuracy for a report: '-' where there is none."""
+    return "-" if value is None else f"{scale * value:.{digits}f}"
 
 
 def probe_student(model_or_path: nn.Module | str | Path, train_set: Dataset, test_set: Dataset, *,
                   layer: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                   arch: str | None = None, width: float = 1.0, k: int = 20, batch_size: int = 256,
-                  max_iter: int = 2000, device: torch.device | str | None = None) -> dict[str, float]:
-    """Linear-probe and k-NN test accuracy of a frozen student backbone: {"linear_probe": acc, "knn": acc}.
+                  max_iter: int = 2000, device: torch.device | str | None = None) -> dict[str, Any]:
+    """Linear-probe and k-NN test accuracy of a frozen student backbone: {"linear_probe": acc, "knn": acc or
+    None, "knn_k": the k used or None}, plus "knn_note" where k was lowered or no k-NN was fitted
+    (`knn_neighbours`: k is at most the smallest per-class count of train_set).
 
     Args:
         model_or_path: a student module, or anything `load_probe_student` accepts (run folder, random:ARCH).
@@ -100,7 +142,7 @@ def probe_student(model_or_path: nn.Module | str | Path, train_set: Dataset, tes
         layer (`str`, *optional*): the module whose output is pooled; defaults to the student's feature layer.
         mean, std (*optional*): pixel normalisation; defaults to the one the student's run used, else 0.5/0.5.
         arch, width: the architecture of a `random` student.
-        k (`int`, *optional*, defaults to 20): neighbours of the k-NN classifier.
+        k (`int`, *optional*, defaults to 20): neighbours of the k-NN classifier, lowered where a class has fewer.
         device (*optional*): where features are computed; a given module's own device, else CUDA when present.
     """
     if isinstance(model_or_path, nn.Module):  # probed where it lies, unless a device is given
@@ -122,10 +164,12 @@ def probe_student(model_or_path: nn.Module | str | Path, train_set: Dataset, tes
         test = student_features(model, test_set, layer, normalize, batch_size, device)
     finally:
         model.train(was_training)
-    return {"linear_probe": linear_probe(train, test, max_iter), "knn": knn_accuracy(train, test, k)}
+    used, note = knn_neighbours(train[1], test[1], k)
+    result = {"linear_probe": linear_probe(train, test, max_iter), "knn": knn_accuracy(train, test, k), "knn_k": used}
+    return {**result, "knn_note": note} if note else result
 
 
-def run_student_probe(source: str, train_set: Dataset, test_set: Dataset, out: Path, **options) -> dict[str, float]:
+def run_student_probe(source: str, train_set: Dataset, test_set: Dataset, out: Path, **options) -> dict[str, Any]:
     """`repfusion probe --student`: probe, then write student_probe.json and student_probe.md to `out`."""
     from ..io import write_json, write_text
 
@@ -142,7 +186,7 @@ def run_student_probe(source: str, train_set: Dataset, test_set: Dataset, out: P
     write_text(out / "student_probe.md", "\n".join([
         f"# Student probe: {source}", "",
         f"Frozen backbone, spatially averaged feature-layer output; {len(train_set)} train / {len(test_set)} test "
-        f"images. Linear probe: logistic regression on standardised features; k-NN: k = {options.get('k', 20)}, "
-        "cosine similarity, majority vote.", "",
-        "| linear probe | k-NN |", "|---|---|", f"| {result['linear_probe']:.4f} | {result['knn']:.4f} |", ""]))
+        f"images. Linear probe: logistic regression on standardised features; k-NN: "
+        f"{knn_words(result)}.", "",
+        "| linear probe | k-NN |", "|---|---|", f"| {result['linear_probe']:.4f} | {knn_shown(result['knn'])} |", ""]))
     return result

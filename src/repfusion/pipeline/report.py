@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.plots import plot_arms
+from ..analysis.student_probe import knn_shown, knn_words
 from ..demo_arms import cost_section, pairs_lines
 from ..io import write_text
 
@@ -20,12 +21,19 @@ def results_table(summary: dict, pairs: list[dict], scale: float = 100.0, unit: 
     return "\n".join(lines + pairs_lines(pairs))
 
 
-def probe_table(probe: dict[str, list[dict[str, float]]]) -> str:
-    def shown(runs: list[dict[str, float]], key: str) -> str:
-        return ", ".join(f"{100 * run[key]:.2f}" for run in runs)
+def probe_table(probe: dict[str, list[dict[str, Any]]]) -> str:
+    def shown(runs: list[dict[str, Any]], key: str) -> str:
+        return ", ".join(knn_shown(run.get(key), 100, 2) for run in runs)  # '-': no k-NN (too few labels)
 
     rows = "\n".join(f"| {name} | {shown(runs, 'linear_probe')} | {shown(runs, 'knn')} |" for name, runs in probe.items())
     return f"| backbone | linear probe (%) | k-NN (%) |\n|---|---|---|\n{rows}"
+
+
+def probe_knn_words(probe: dict[str, list[dict[str, Any]]]) -> str:
+    """How the k-NN probes were fitted: one description when every backbone's was fitted alike (the same
+    labelled images), else each distinct one."""
+    words = list(dict.fromkeys(knn_words(run) for runs in probe.values() for run in runs))
+    return "; ".join(words) or "none"
 
 
 def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
@@ -55,9 +63,9 @@ def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
                   "architecture: repfusion - random-teacher is what the diffusion model's knowledge adds).", "",
                   results_table(summary, result["paired"]), "", result["verdict"], "", "![accuracy](accuracy.png)", "",
                   "## What the frozen backbones know", "",
-                  "Linear probe and k-NN (k = 20, cosine) on pooled features, fitted on the labelled training images, "
-                  "scored on the validation split, before fine-tuning (one value per seed):", "",
-                  probe_table(result["probe"]), ""]
+                  "Linear probe and k-NN on pooled features, fitted on the labelled training images, scored on the "
+                  "validation split, before fine-tuning (one value per seed); k-NN: "
+                  f"{probe_knn_words(result['probe'])}:", "", probe_table(result["probe"]), ""]
     else:
         parts += ["## Result", "", "No labels, so nothing is fine-tuned or compared: the backbone is in "
                   "[student/](student/). Give class sub-folders or --data.labels FILE.csv for the comparison.", ""]

@@ -157,6 +157,8 @@ def probe_backbones(data: DataConfig, arch: str, width: float, seeds: int, out: 
     for name, scores in found.items():
         shown = ", ".join(f"{100 * score['linear_probe']:.2f}" for score in scores)
         print(f"   {name:>14}: val linear probe {shown} %", flush=True)
+    for note in dict.fromkeys(s["knn_note"] for scores in found.values() for s in scores if s.get("knn_note")):
+        print(f"   k-NN: {note}", flush=True)  # the same labelled images for every backbone: said once
     linear = {name: [s["linear_probe"] for s in scores] for name, scores in found.items()}
     pairs = [paired_entry("repfusion", control, linear["repfusion"], linear[control], "val_probe")
              for control in ("random-teacher", "random init")]
