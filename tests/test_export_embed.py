@@ -1,5 +1,6 @@
 """`repfusion export --format onnx` and `repfusion embed` on a tiny distill run."""
 
+import csv
 import importlib.util
 
 import numpy as np
@@ -48,7 +49,10 @@ def test_embed_writes_features_in_the_order_of_the_file_list(distill_run, photos
     out = tmp_path / "emb"
     assert main(["embed", "--student", str(distill_run), "--data.root", str(photos), "--run-dir", str(out),
                  "--data.batch_size", "3"]) == 0
-    files = (out / "files.txt").read_text().splitlines()
+    with open(out / "files.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["file"]  # a loose image beside the folders: not the class layout, so no label column
+    files = [row[0] for row in rows[1:]]
     assert files == ["2023/x/y/z/d.png", "2024/b.jpg", "2024/jan/a.png", "c.png"]
     features = load_file(str(out / "features.safetensors"))["features"]
     assert features.shape == (4, 64)

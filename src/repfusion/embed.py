@@ -1,7 +1,9 @@
 """`repfusion embed --student RUN --data.root FOLDER`: the pooled features of every image under a folder.
 
 For the user's own downstream work (retrieval, clustering, a classifier in another library): one row per
-image, in the order of `files.txt` (paths relative to the folder, found recursively, sorted). The images are
+image, in the order of `files.csv` (a real CSV, header `file[,label]`: paths relative to the folder, found
+recursively, sorted; a label column where labels are known: `--data.labels` auto (class sub-folders, as
+`pretrain` detects them), folders, none or a CSV of file,label rows, as the training verbs read them). The images are
 read as the run read its data (RGB, resized to the run's image size, normalised with its mean/std) unless
 `--data.image_size` / `--data.mean` / `--data.std` say otherwise; eval mode (BatchNorm running statistics),
 batched, no autograd. Everything is checked and computed before the first write, so bad input or a corrupt
@@ -11,6 +13,8 @@ image leaves the output folder as it was.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import sys
 import time
@@ -23,12 +27,45 @@ from .errors import RepFusionError
 from .flags import add_flag
 
 FORMATS = ("safetensors", "npy")
+SPLITS = ("train", "val", "test")  # a split folder's class sub-folders lie one level down
+
+
+def file_labels(root: Path, files: list[Path], labels: str = "auto") -> list[str] | None:
+    """Each file's label, or None where labels are not known (`labels` none, or auto on a folder that is not
+    the class sub-folder layout). folders: the class folder, the first one under root (under root/train,
+    root/val or root/test when the folder is split); a CSV: its label, "" for a file it does not name."""
+    from .data.folder_labels import detect_labels, read_label_csv
+
+    kind = detect_labels(root) if labels == "auto" else labels
+    if kind == "none":
+        return None
+    names = [f.relative_to(root).as_posix() for f in files]
+    if kind != "folders":
+        path = Path(kind)
+        if path.suffix.lower() != ".csv" or not path.is_file():
+            raise RepFusionError(f"--data.labels must be auto, folders, none or an existing .csv file of file,label "
+                                 f"rows, not '{labels}'.")
+        table = read_label_csv(path, root)
+        return [table.get(name, "") for name in names]
+    split = (root / "train").is_dir()
+    found = []
+    for name in names:
+        parts = name.split("/")
+        parts = parts[1:] if split and parts[0] in SPLITS else parts
+        if len(parts) < 2:
+            if labels == "auto":  # not the class layout after all: no label column rather than a guess
+                return None
+            raise RepFusionError(f"{root / name} lies in no class sub-folder, so --data.labels folders cannot label "
+                                 "it; move it into one, or give --data.labels none.")
+        found.append(parts[0])
+    return found
 
 
 def embed_files(root: Path, student: str, *, image_size: int | None = None, mean: list[float] | None = None,
                 std: list[float] | None = None, batch_size: int = 64, device: str | None = None,
-                progress: bool = True) -> tuple[list[Path], torch.Tensor, dict]:
-    """(image files under `root`, their features [N, C] float32, what was used); nothing written."""
+                progress: bool = True, labels: str = "auto") -> tuple[list[Path], torch.Tensor, dict]:
+    """(image files under `root`, their features [N, C] float32, what was used: `labels` holds each file's
+    label, or None where none are known); nothing written."""
     from .data.augment import Normalize
     from .data.datasets import image_files, read_image
     from .run_backbone import PooledBackbone, load_run_backbone
@@ -45,9 +82,7 @@ def embed_files(root: Path, student: str, *, image_size: int | None = None, mean
         raise RepFusionError(f"The run in {run.folder} does not record its image size; give --data.image_size.")
     if size < 1 or batch_size < 1:
         raise RepFusionError("--data.image_size and --data.batch_size must be positive whole numbers.")
-    bad = next((f for f in files if "\n" in str(f.relative_to(root))), None)
-    if bad is not None:
-        raise RepFusionError(f"{bad!s:.80} has a line break in its name, which files.txt cannot list; rename it.")
+    known = file_labels(root, files, labels)
     mean_, std_ = tuple(mean or run.mean), tuple(std or run.std)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = PooledBackbone(run.backbone).eval().to(device)
@@ -63,23 +98,39 @@ def embed_files(root: Path, student: str, *, image_size: int | None = None, mean
                 print(f"embed: {done}/{len(files)} images ({last_note - start:.0f} s)", file=sys.stderr, flush=True)
     used = {"student": str(run.folder), "arch": run.backbone.config.arch, "width": float(run.backbone.config.width),
             "image_size": size, "mean": list(mean_), "std": list(std_), "images": len(files),
-            "features": int(rows[0].shape[1]), "pooling": "mean over the feature layer's positions"}
+            "features": int(rows[0].shape[1]), "pooling": "mean over the feature layer's positions",
+            "labels": known}
     return files, torch.cat(rows), used
+
+
+def files_csv(root: Path, files: list[Path], labels: list[str] | None) -> str:
+    """The CSV of the rows: header file[,label], one row per file in the order of the features (quoted
+    where a name holds a comma, a quote or a line break, so csv.reader and pandas.read_csv read it back)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["file"] if labels is None else ["file", "label"])
+    for i, f in enumerate(files):
+        name = f.relative_to(root).as_posix()
+        writer.writerow([name] if labels is None else [name, labels[i]])
+    return text.getvalue()
 
 
 def write_embeddings(out: Path, root: Path, files: list[Path], features: torch.Tensor, used: dict,
                      fmt: str = "safetensors") -> Path:
-    """features.safetensors (tensor `features`) or features.npy, files.txt and embed.json, each atomically."""
+    """features.safetensors (tensor `features`) or features.npy, files.csv and embed.json, each atomically."""
     from .io import atomic_write, save_tensors, write_json, write_text
 
+    labels = used.get("labels")
+    facts = {k: v for k, v in used.items() if k != "labels"}
+    facts["label_column"] = labels is not None
     if fmt == "safetensors":
         path = save_tensors(out / "features.safetensors", {"features": features},
-                            metadata={k: json.dumps(v) for k, v in used.items()})
+                            metadata={k: json.dumps(v) for k, v in facts.items()})
     else:
         path = atomic_write(out / "features.npy", lambda tmp: _save_npy(tmp, features.numpy()))
-    write_text(out / "files.txt", "".join(f"{f.relative_to(root).as_posix()}\n" for f in files))
-    write_json(out / "embed.json", {**used, "root": str(root), "format": fmt, "file": path.name,
-                                    "files": "files.txt"})
+    write_text(out / "files.csv", files_csv(root, files, labels))
+    write_json(out / "embed.json", {**facts, "root": str(root), "format": fmt, "file": path.name,
+                                    "files": "files.csv"})
     return path
 
 
@@ -111,6 +162,9 @@ def run(argv: list[str]) -> None:
                         help="Pixel mean (default: the run's).")
     parser.add_argument("--data.std", dest="std", type=_floats3, default=None, help="Pixel std (default: the run's).")
     parser.add_argument("--data.batch_size", dest="batch_size", type=int, default=64)
+    parser.add_argument("--data.labels", dest="labels", default="auto",
+                        help="The label column of files.csv: auto (class sub-folders when the folder has them), "
+                        "folders, none, or a CSV of file,label rows (paths relative to --data.root).")
     add_flag(parser, "--run-dir", "--out", dest="out", default="runs/embed",
              help="Output folder (default runs/embed).")
     parser.add_argument("--format", default="safetensors", choices=FORMATS)
@@ -121,6 +175,8 @@ def run(argv: list[str]) -> None:
     out, root = Path(args.out), Path(args.root)
     check_writable_dir(out, "--out")
     files, features, used = embed_files(root, args.student, image_size=args.image_size, mean=args.mean,
-                                        std=args.std, batch_size=args.batch_size, device=args.device)
+                                        std=args.std, batch_size=args.batch_size, device=args.device,
+                                        labels=args.labels)
     path = write_embeddings(out, root, files, features, used, args.format)
-    print(f"Wrote {path} ({features.shape[0]} x {features.shape[1]}) and {out / 'files.txt'}")
+    labelled = " with labels" if used["labels"] is not None else ""
+    print(f"Wrote {path} ({features.shape[0]} x {features.shape[1]}) and {out / 'files.csv'}{labelled}")
