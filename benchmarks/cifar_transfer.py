@@ -26,7 +26,17 @@ reads every non-validation training image; fine-tuning sees a stratified `label_
 - NAME-random: arm NAME distilled from a teacher of the same architecture with seeded random weights
   (`teacher.init: random`, its own per seed): the control that answers "did the knowledge transfer".
 
-Each seed runs its own distillations. Finished runs are kept, so an interrupted benchmark continues.
+Fine-tuning protocols (`--protocol`, applied identically to every arm; issue 23):
+
+- plain: every weight trains from the first step (the previous protocol).
+- lpft: LP-FT, the head starts as the frozen backbone's logistic-regression probe on the labelled images
+  (plus `--head-epochs` head-only SGD epochs if asked), then everything trains.
+- joint: the teacher in the loop, L = CE + w (D_labelled + D_unlabelled), with each distilled arm's own teacher
+  (the random-teacher student keeps its random teacher); scratch arms have no teacher and train plainly.
+- lpft-joint: both.
+
+Each seed runs its own distillations. Finished runs are kept, so an interrupted benchmark continues. Seeds:
+`--seeds N --seed-offset M` runs seeds M .. M+N-1 (or `--seed-list 10 11 12`); the JSON records them.
 
     python benchmarks/cifar_transfer.py   # writes benchmarks/results/cifar_transfer.{json,md,png}
 """
@@ -49,6 +59,23 @@ DISTILLED = ("paper", "t0", "v1", "ours", "ours-pooled", "ours-policy", "ours-fu
 FUSED_LAYERS = ["down_blocks.2", "mid_block", "up_blocks.0"]  # the three largest trained - random probe gaps
 ARMS = ("scratch", "scratch-equal", *DISTILLED, *(f"{a}-random" for a in DISTILLED))
 PROBE_LAYER = "up_blocks.0"
+PROTOCOLS = ("plain", "lpft", "joint", "lpft-joint")
+
+
+def protocol_changes(args: argparse.Namespace, arm: str) -> dict:
+    """FinetuneRun fields of the chosen protocol for one arm (scratch arms have no teacher to keep in the loop)."""
+    from repfusion.tasks.teacher_in_loop import TeacherInLoopSection
+
+    changes: dict = {}
+    if args.protocol.startswith("lpft"):
+        changes["head_init"], changes["head_epochs"] = "probe", args.head_epochs
+    if args.protocol.endswith("joint") and not arm.startswith("scratch"):
+        changes["teacher_in_loop"] = TeacherInLoopSection(weight=args.in_loop_weight, views=args.in_loop_views)
+    return changes
+
+
+def seed_list(args: argparse.Namespace) -> list[int]:
+    return list(args.seed_list) if args.seed_list else list(range(args.seed_offset, args.seed_offset + args.seeds))
 
 
 def distill_config(arm: str, args: argparse.Namespace, data, seed: int):
@@ -100,7 +127,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "cifar10-subset")
     parser.add_argument("--teacher", default=str(SHARED / "teachers" / "cifar10-subset-ddpm-small"))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="How many seeds (from --seed-offset).")
+    parser.add_argument("--seed-offset", type=int, default=0, help="The first seed; fresh seeds for a rerun.")
+    parser.add_argument("--seed-list", type=int, nargs="+", default=None, help="Explicit seeds (overrides both).")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="plain", help="Fine-tuning protocol of every arm.")
+XX
+    parser.add_argument("--in-loop-weight", type=float, default=1.0, help="w of the joint protocols.")
+    parser.add_argument("--in-loop-views", type=int, default=2, help="Stored views per image (joint protocols).")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--distill-epochs", type=int, default=6)
     parser.add_argument("--fractions", type=float, nargs="*", default=[0.1, 1.0],
@@ -134,7 +167,10 @@ def main() -> None:
     splits.setup()
     distill_steps = args.distill_epochs * steps_per_epoch(len(splits.train_set), args.batch)
     results: dict = {"distill": {}, "finetune": {}}
-    for seed in range(args.seeds):
+    seeds = seed_list(args)
+    args.seeds = len(seeds)
+    suffix = "" if args.protocol == "plain" else f"-{args.protocol}"
+    for seed in seeds:
         for arm in args.arms:  # distillations first: every fraction reuses them (scratch: the random init)
             work = "scratch" if arm.startswith("scratch") else arm
             run_dir = args.work / work / f"seed{seed}" / "distill"
@@ -161,20 +197,24 @@ def main() -> None:
             labelled = dataclasses.replace(data, label_fraction=fraction, split_seed=seed,
                                            batch_size=args.batch if fraction >= 0.5 else 64)
             for arm in args.arms:
-                run_dir = args.work / arm / f"seed{seed}" / f"finetune-{fraction:g}"
+                run_dir = args.work / arm / f"seed{seed}" / f"finetune-{fraction:g}{suffix}"
                 done = run_dir / "summary.json"
                 arm_epochs = epochs
-                if arm == "scratch-equal":
-                    arm_epochs = equal_compute_epochs(distill_steps, labelled_images(labelled), labelled.batch_size,
-                                                      epochs)
+                if arm == "scratch-equal":  # joint: each step also passes a batch of every image through the student
+                    extra = (epochs * steps_per_epoch(labelled_images(labelled), labelled.batch_size)
+                             if args.protocol.endswith("joint") else 0)
+                    arm_epochs = equal_compute_epochs(distill_steps + extra, labelled_images(labelled),
+                                                      labelled.batch_size, epochs)
                 if not done.exists():
                     start = time.time()
                     init = None if arm.startswith("scratch") else str(args.work / arm / f"seed{seed}" / "distill")
                     ft = FinetuneRun(init=init, student=ModelSection("resnet18_cifar", args.width), data=labelled,
-                                     optim=OptimConfig(lr=0.1, nesterov=True), trainer=trainer(arm_epochs, seed))
+                                     optim=OptimConfig(lr=0.1, nesterov=True), trainer=trainer(arm_epochs, seed),
+                                     **protocol_changes(args, arm))
                     metrics = run_finetune(ft, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
-                    write_json(done, {"top1": metrics["test/top1"], "seconds": time.time() - start,
-                                      "epochs": arm_epochs})
+                    write_json(done, {"top1": metrics["test/top1"], "val_top1": metrics.get("val/top1"),
+                                      "seconds": time.time() - start, "epochs": arm_epochs, "seed": seed,
+                                      "protocol": args.protocol})
                 summary = json.loads(done.read_text())
                 results["finetune"].setdefault(f"{fraction:g}", {}).setdefault(arm, []).append(summary)
                 print(f"finetune {arm:>13} {100 * fraction:g} % labels seed {seed}: test top-1 "
@@ -219,7 +259,9 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
     from repfusion.analysis.plots import plot_arms
     from repfusion.io import write_json, write_text
 
-    table = {fraction: {arm: {"runs": [r["top1"] for r in runs], "mean": statistics.mean(r["top1"] for r in runs),
+    seeds = seed_list(args)
+    table = {fraction: {arm: {"runs": [r["top1"] for r in runs], "val_runs": [r.get("val_top1") for r in runs],
+                              "mean": statistics.mean(r["top1"] for r in runs),
                               "std": statistics.stdev([r["top1"] for r in runs]) if len(runs) > 1 else 0.0,
                               "epochs": runs[0]["epochs"], "seconds": statistics.mean(r["seconds"] for r in runs)}
                         for arm, runs in arms.items()} for fraction, arms in results["finetune"].items()}
@@ -229,22 +271,27 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
                      "mass_below_300": [sum(r["final_t_distribution"][:6]) if r["final_t_distribution"] else None
                                         for r in runs],
                      "seconds": statistics.mean(r["seconds"] for r in runs)} for arm, runs in results["distill"].items()}
-    pairs = paired_list(results)
+    pairs = [{**e, "seeds": seeds} for e in paired_list(results)]
     write_json(args.out / f"{args.name}.json", {"command": command,
                                                 "config": {k: portable(v) for k, v in vars(args).items()},
+                                                "seeds": seeds, "protocol": args.protocol,
                                                 "finetune": table, "distill": distill, "paired": pairs})
     pct = lambda x: f"{100 * x:.2f}"  # noqa: E731
     lines = ["# CIFAR-10 subset: does the teacher's knowledge transfer?", "", f"Command: `{command}`", "",
              f"Student resnet18_cifar width {args.width}; distillation {args.distill_epochs} epochs on every "
-             f"non-validation training image; {args.seeds} seeds, each with its own distillations (and its own "
+             f"non-validation training image; {len(seeds)} seeds ({', '.join(map(str, seeds))}), each with its own "
+             f"distillations (and its own "
              "random teacher) and its own labelled subset (shared by the arms of that seed); 10 % of the training "
-             "images held out for validation; test split only reported. All arms ran on one machine in this run.", ""]
+             "images held out for validation; test split only reported. All arms ran on one machine in this run. "
+             f"Fine-tuning protocol: {args.protocol}.", ""]
     if table:
-        lines += ["| labels | arm | epochs | test top-1 mean ± std (%) | runs |", "|---|---|---|---|---|"]
+        lines += ["| labels | arm | epochs | test top-1 mean ± std (%) | runs | val top-1 runs |",
+                  "|---|---|---|---|---|---|"]
         for fraction, arms in table.items():
             for arm, r in arms.items():
+                val = ", ".join(pct(x) if x is not None else "-" for x in r["val_runs"])
                 lines.append(f"| {100 * float(fraction):g} % | {arm} | {r['epochs']} | {pct(r['mean'])} ± "
-                             f"{pct(r['std'])} | {', '.join(pct(x) for x in r['runs'])} |")
+                             f"{pct(r['std'])} | {', '.join(pct(x) for x in r['runs'])} | {val} |")
         lines.append("")
     lines += ["Frozen backbones before fine-tuning (scratch: the random initialisation; linear probe and 20-NN on "
               "pooled features, fitted on the training images, scored on the validation split), and where each "

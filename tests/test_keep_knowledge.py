@@ -186,3 +186,25 @@ def test_cosine_smoothl1_stored_value():
     student, teacher = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
     # cosine 0 -> 0.9 x 1; smooth-L1: mean(0.5, 1.5) = 1.0 -> 0.1 x 1.0
     assert loss(student, teacher).item() == pytest.approx(0.9 + 0.1)
+
+
+def test_probe_head_predicts_as_the_logistic_regression_probe(distill_dirs):
+    """head_init probe: the head is the frozen backbone's probe, its standardisation folded into fc."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from repfusion.analysis.student_probe import student_features
+    from repfusion.tasks.classification import fit_probe_head
+
+    trained, _ = distill_dirs
+    cfg = finetune_cfg(trained, head_init="probe")
+    data = ImageDataModule(cfg.data, labelled_only=True)
+    module = build_classification(cfg, data)
+    fit_probe_head(module.model, data.train_set, module.normalize, torch.device("cpu"))
+    features, labels = student_features(module.model, data.train_set, "layer4", module.normalize)
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    expected = LogisticRegression(max_iter=1000).fit((features - mean) / std, labels).predict((features - mean) / std)
+    images = torch.stack([data.train_set[i][0] for i in range(len(data.train_set))]).float() / 255
+    with torch.no_grad():
+        predicted = module.eval()(images).argmax(1).numpy()
+    assert np.mean(predicted == expected) > 0.98

@@ -43,12 +43,14 @@ class Classification(Stage):
 
     def __init__(self, model: nn.Module, num_classes: int, optim: OptimConfig, image_size: int,
                  normalize: Normalize | None = None, crop_padding: int = 4, flip: bool = True,
-                 label_smoothing: float = 0.0, head_epochs: int = 0, in_loop: TeacherInLoop | None = None) -> None:
+                 label_smoothing: float = 0.0, head_epochs: int = 0, in_loop: TeacherInLoop | None = None,
+                 head_init: str = "random") -> None:
         super().__init__(image_size, optim, crop_padding, flip)
         self.model = model
         self.normalize = normalize or Normalize()
         self.label_smoothing = label_smoothing
         self.head_epochs = head_epochs
+        self.head_init = head_init
         self.in_loop = in_loop
         if in_loop is not None:
             in_loop.attach(model)
@@ -76,15 +78,28 @@ class Classification(Stage):
         return self.current_epoch < self.head_epochs
 
     def set_backbone_frozen(self, frozen: bool) -> None:
-        """Frozen: no backbone parameter gets a gradient and every backbone module is in eval mode (BatchNorm
-        keeps its statistics), so nothing of the backbone changes; the optimiser keeps every parameter."""
+        """Frozen: no backbone parameter gets a gradient, other modules (dropout) are in eval mode, and BatchNorm
+        normalises by the batch without updating its statistics (`track_running_stats` off while frozen), so
+        nothing of the backbone changes; the optimiser keeps every parameter.
+
+        Batch statistics rather than the stored ones: a random initialisation's stored statistics are the
+        identity, and its unnormalised features sent a head trained at lr 0.1 to NaN within an epoch."""
         for name, parameter in self.model.named_parameters():
             if not name.startswith(HEAD_PREFIXES):
                 parameter.requires_grad_(not frozen)
-        if frozen:
-            for name, module in self.model.named_modules():
-                if name and not f"{name}.".startswith(HEAD_PREFIXES):
-                    module.eval()
+        for name, module in self.model.named_modules():
+            if not name or f"{name}.".startswith(HEAD_PREFIXES):
+                continue
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.track_running_stats = not frozen
+            elif frozen:
+                module.eval()
+
+    def on_train_start(self) -> None:
+        """head_init probe: before the first step (not on a resume) the head is the linear probe of the frozen
+        backbone, so fine-tuning starts from a fitted head (LP-FT's first phase as Kumar et al. fit it)."""
+        if self.head_init == "probe" and self.global_step == 0:
+            fit_probe_head(self.model, self.trainer.datamodule.train_set, self.normalize, self.device)
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
         if self.head_epochs > 0:  # per batch: Lightning restores the modules' modes after each validation
@@ -133,6 +148,37 @@ class Classification(Stage):
         self._evaluate(batch, self.test_metrics, "test/")
 
 
+@torch.no_grad()
+def fit_probe_head(model: nn.Module, dataset: torch.utils.data.Dataset, normalize: nn.Module,
+                   device: torch.device, max_iter: int = 1000) -> None:
+    """Set the classifier head `fc` to a multinomial logistic regression on the frozen backbone's pooled features
+    of `dataset` (eval mode, no augmentation), the standardisation folded into its weights and bias."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from ..analysis.student_probe import student_features
+
+    head = getattr(model, "fc", None)
+    if not isinstance(head, nn.Linear):
+        raise RepFusionError("head_init probe needs a network whose head is one linear layer named fc (the built-in "
+                             "ResNets); use head_init random or head_epochs for this network.")
+    was_training = model.training
+    features, labels = student_features(model, dataset, model.feature_layer, normalize, device=device)
+    model.train(was_training)
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    probe = LogisticRegression(max_iter=max_iter).fit((features - mean) / std, labels)
+    weight = np.zeros((head.out_features, features.shape[1]), dtype=np.float64)
+    bias = np.full(head.out_features, -1e4 if len(probe.classes_) < head.out_features else 0.0)
+    coef = probe.coef_ if len(probe.classes_) > 2 else np.concatenate([-probe.coef_, probe.coef_]) / 2
+    intercept = probe.intercept_ if len(probe.classes_) > 2 else np.concatenate([-probe.intercept_,
+                                                                                   probe.intercept_]) / 2
+    for row, cls in enumerate(probe.classes_):  # classes without a labelled image keep a very low logit
+        weight[int(cls)] = coef[row] / std
+        bias[int(cls)] = intercept[row] - (coef[row] * mean / std).sum()
+    head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+    head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+
+
 def given_classifier(student: nn.Module, init: str | None, num_classes: int, channels: int) -> nn.Module:
     """A student passed through the API, checked against the init's architecture, with a head for the classes."""
     check_given_student(student, channels)
@@ -166,4 +212,4 @@ def build_classification(cfg: FinetuneRun, datamodule: ImageDataModule,
                                 section.batch_size or cfg.data.batch_size, cfg.data.crop_padding, cfg.data.flip,
                                 cfg.trainer.seed, normalize)
     return Classification(model, datamodule.num_classes, cfg.optim, height, normalize, cfg.data.crop_padding,
-                          cfg.data.flip, cfg.label_smoothing, cfg.head_epochs, in_loop)
+                          cfg.data.flip, cfg.label_smoothing, cfg.head_epochs, in_loop, cfg.head_init)

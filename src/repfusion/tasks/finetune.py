@@ -44,6 +44,8 @@ class FinetuneRun:
 
     head_epochs (classification): LP-FT, the first head_epochs of trainer.max_epochs fit only the new head
     with the backbone frozen; with optim.backbone_lr_scale < 1 the backbone then trains at a lower rate.
+    head_init probe: LP-FT as Kumar et al. fit it, the head set to the frozen backbone's logistic-regression
+    probe on the labelled images before the first step.
     teacher_in_loop (classification, init a distill run): the init's distillation term stays in the loss for
     the whole fine-tuning, on the labelled batch and on a batch of every training image (`teacher_in_loop`).
     """
@@ -56,6 +58,7 @@ class FinetuneRun:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     label_smoothing: float = 0.0
     head_epochs: int = 0
+    head_init: str = "random"  # probe: the head starts as the frozen backbone's logistic-regression probe
     teacher_in_loop: TeacherInLoopSection = field(default_factory=TeacherInLoopSection)
     segmentation: SegmentationSection = field(default_factory=SegmentationSection)
     landmarks: LandmarkSection = field(default_factory=LandmarkSection)
@@ -64,9 +67,12 @@ class FinetuneRun:
         if isinstance(self.head_epochs, bool) or not isinstance(self.head_epochs, int) or self.head_epochs < 0:
             raise RepFusionError(f"head_epochs must be a whole number >= 0 (0: no head-only phase), not "
                                  f"{self.head_epochs}.")
-        if self.task != "classification" and (self.head_epochs or self.teacher_in_loop.enabled):
-            raise RepFusionError(f"head_epochs and teacher_in_loop apply to classification fine-tuning, not {self.task}; "
-                                 "leave them at 0 for dense tasks.")
+        if self.head_init not in ("random", "probe"):
+            raise RepFusionError(f"head_init must be 'random' or 'probe', not '{self.head_init}'.")
+        if self.task != "classification" and (self.head_epochs or self.teacher_in_loop.enabled
+                                              or self.head_init != "random"):
+            raise RepFusionError(f"head_epochs, head_init and teacher_in_loop apply to classification fine-tuning, "
+                                 f"not {self.task}; leave them at their defaults for dense tasks.")
 
 
 def check_targets(spec: TaskSpec, datamodule: ImageDataModule) -> None:
