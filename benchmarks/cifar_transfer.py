@@ -131,7 +131,8 @@ def main() -> None:
     parser.add_argument("--seed-offset", type=int, default=0, help="The first seed; fresh seeds for a rerun.")
     parser.add_argument("--seed-list", type=int, nargs="+", default=None, help="Explicit seeds (overrides both).")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="plain", help="Fine-tuning protocol of every arm.")
-XX
+    parser.add_argument("--head-epochs", type=int, default=0,
+                        help="lpft protocols: head-only SGD epochs after the probe head (0: the probe head only).")
     parser.add_argument("--in-loop-weight", type=float, default=1.0, help="w of the joint protocols.")
     parser.add_argument("--in-loop-views", type=int, default=2, help="Stored views per image (joint protocols).")
     parser.add_argument("--width", type=float, default=0.25)
