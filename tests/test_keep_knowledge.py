@@ -142,7 +142,7 @@ def test_cached_targets_equal_recomputed_ones_under_the_cached_augmentations(tin
 
     teacher = DiffusionTeacher.from_source(str(tiny_teacher_dir)).to(dtype)
 
-    def target(images01):
+    def target(images01, _index=None):
         t = torch.zeros(len(images01), dtype=torch.long)
         return teacher(images01.to(dtype) * 2 - 1, t, ("mid_block",))["mid_block"]
 
@@ -208,3 +208,21 @@ def test_probe_head_predicts_as_the_logistic_regression_probe(distill_dirs):
     with torch.no_grad():
         predicted = module.eval()(images).argmax(1).numpy()
     assert np.mean(predicted == expected) > 0.98
+
+
+def test_distillation_with_cached_targets_trains_and_reads_the_cache(tmp_path):
+    from repfusion.distill.run import DistillRun, StudentSection, build_distillation, run_distillation
+    from repfusion.distill.timesteps import TimestepConfig
+
+    cfg = DistillRun(student=StudentSection(width=0.125), timesteps=TimestepConfig("fixed", t=0), reward="none",
+                     data=DataConfig(batch_size=16), cache_views=2,
+                     trainer=TrainerConfig(max_epochs=1, limit_train_batches=3, limit_val_batches=1, progress=False))
+    run_distillation(cfg, tmp_path / "run")
+    assert (tmp_path / "run" / "student" / "distillation_head.safetensors").is_file()
+    module = build_distillation(cfg, ImageDataModule(cfg.data))
+    with pytest.raises(RepFusionError, match="cache_views needs a fixed t"):
+        build_distillation(replace(cfg, timesteps=TimestepConfig("uniform"), reward="none"),
+                           ImageDataModule(cfg.data))
+    assert module.cache_views == 2
+    with pytest.raises(RepFusionError, match="cache_views must be"):
+        DistillRun(cache_views=-1)

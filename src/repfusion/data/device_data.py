@@ -79,3 +79,24 @@ def device_batches(dataset: Dataset, device: torch.device, batch_size: int, drop
     images, labels = cache[key]
     rows = None if index is None else index.to(device)
     return DeviceBatches(images, labels, rows, batch_size, drop_last, sampler)
+
+
+def pool_images(dataset: torch.utils.data.Dataset) -> torch.Tensor:
+    """Every image of a dataset as one uint8 tensor (N, C, H, W): x_u is drawn from these."""
+    found = tensor_source(dataset)
+    if found is not None:
+        source, index = found
+        return source.images if index is None else source.images[index]
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])  # type: ignore[arg-type]
+
+
+def pool_labels(dataset: torch.utils.data.Dataset) -> torch.Tensor:
+    """The dataset's labels in the order of `pool_images` (class-conditional teachers and the label reward read them)."""
+    found = tensor_source(dataset)
+    if found is not None:
+        source, index = found
+        return source.labels if index is None else source.labels[index]
+    targets = [dataset[i][1] for i in range(len(dataset))]  # type: ignore[arg-type]
+    if targets and isinstance(targets[0], dict):  # dense sources carry masks / keypoints, no class label
+        return torch.zeros(len(targets), dtype=torch.long)
+    return torch.as_tensor([int(y) for y in targets])

@@ -69,11 +69,12 @@ class CachedTargets:
     Args:
         images (`torch.Tensor`): every image of the pool, uint8 or float [0, 1], (N, C, H, W), on the device.
         views (`StoredViews`): the stored augmentations.
-        target (`Callable`): float [0, 1] images (B, C, H, W) -> the teacher's target for them.
+        target (`Callable`): (float [0, 1] images (B, C, H, W), their pool indices (B,)) -> the teacher's target.
         chunk (`int`): images per teacher call while filling the cache.
     """
 
-    def __init__(self, images: torch.Tensor, views: StoredViews, target: Callable[[torch.Tensor], torch.Tensor],
+    def __init__(self, images: torch.Tensor, views: StoredViews,
+                 target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  chunk: int = 256) -> None:
         self.images, self.views = images, views
         count = len(images)
@@ -83,7 +84,7 @@ class CachedTargets:
                 per_view = []
                 for start in range(0, count, chunk):
                     index = torch.arange(start, min(count, start + chunk))
-                    per_view.append(target(self.view_images(index, torch.full_like(index, view))))
+                    per_view.append(target(self.view_images(index, torch.full_like(index, view)), index))
                 rows.append(torch.cat(per_view))
         self.targets = torch.stack(rows, dim=1)  # (N, views, ...)
 

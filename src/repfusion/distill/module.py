@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..data.augment import Normalize
+from ..data.device_data import pool_images, pool_labels
 from ..features import FeatureTap, pooled
 from ..teachers import DiffusionTeacher
 from ..training import OptimConfig
@@ -21,6 +22,7 @@ from ..stage import Stage
 from ..errors import RepFusionError
 from ..run import nonfinite_message
 from ..run.loggers import log_histogram
+from .cache import CachedTargets, StoredViews
 from .timesteps import NonFiniteError, ReinforcedTimestep, TimestepStrategy
 
 HISTOGRAM_BINS = 20
@@ -62,6 +64,55 @@ class Distillation(Stage):
         self.t_counts = torch.zeros(HISTOGRAM_BINS)  # this epoch's draws, kept on the training device
         self.t_history: list[list[float]] = []
         self._student_tap: FeatureTap | None = None  # hooks registered once, on the first student call
+        self.cache_views, self.cache_seed = 0, 0
+        self.cache: CachedTargets | None = None
+        self.cache_labels: torch.Tensor | None = None
+        self.crop_padding, self.flip = crop_padding, flip
+
+    def enable_cache(self, views: int, seed: int) -> None:
+        """Teacher targets computed once per training image and stored view (`distill.cache`) at the start of
+        training, instead of once per step: with a fixed t and clean input they are the same every epoch up to
+        the augmentation. Each epoch is then a seeded permutation of the training images, each in one of its
+        `views` stored augmentations; the loader's batch only counts the steps."""
+        if self.timesteps.cfg.strategy != "fixed" or self.noise_mode != "clean":
+            raise RepFusionError(f"distill cache_views needs a fixed t and clean input (the teacher's output must not "
+                                 f"change between epochs), not strategy {self.timesteps.cfg.strategy} with "
+                                 f"{self.noise_mode} input; set cache_views to 0.")
+        self.cache_views, self.cache_seed = views, seed
+
+    def on_train_start(self) -> None:
+        if self.cache_views and self.cache is None:
+            dataset = self.trainer.datamodule.train_set
+            images, labels = pool_images(dataset).to(self.device), pool_labels(dataset).to(self.device)
+            views = StoredViews(len(images), self.cache_views, self.crop_padding, self.flip, self.cache_seed)
+            t = self.timesteps.cfg.t
+
+            def raw_target(images01: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+                self.teacher.eval()
+                times = torch.full((len(images01),), t, dtype=torch.long, device=images01.device)
+                maps = self.teacher(images01 * 2 - 1, times, self.teacher_layers, self.noise_mode,
+                                    truncate=self.truncate_teacher, labels=labels[index.to(labels.device)])
+                return fused_target(maps, self.teacher_layers)
+
+            self.cache, self.cache_labels = CachedTargets(images, views, raw_target), labels
+
+    def cached_batch(self, batch_idx: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images, labels, raw teacher targets) of step `batch_idx` of this epoch: a seeded permutation, so a
+        resumed epoch continues with the same images."""
+        assert self.cache is not None and self.cache_labels is not None
+        generator = torch.Generator().manual_seed(self.cache_seed * 1_000_003 + self.current_epoch)
+        order = torch.randperm(len(self.cache), generator=generator)
+        view = torch.randint(0, self.cache.views.views, (len(self.cache),), generator=generator)
+        index = order[batch_idx * size:(batch_idx + 1) * size]
+        if len(index) == 0:  # more steps than images (limit_train_batches as a count): wrap around
+            index = order[:size]
+        images, targets = self.cache.batch(index, view[index])
+        return images, self.cache_labels[index.to(self.cache_labels.device)], targets
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.cache is not None and self.trainer.training:  # the batch only counts the step: no augmentation
+            return batch
+        return super().on_after_batch_transfer(batch, dataloader_idx)
 
     def trainable_parameters(self):
         """One optimiser over student, adapter, head and policy (the paper); the policy's group may be scaled."""
@@ -105,6 +156,9 @@ class Distillation(Stage):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        cached = None
+        if self.cache is not None:
+            images, labels, cached = self.cached_batch(batch_idx, len(images))
         epoch = self.epoch_progress(batch_idx)
         student_input = self.normalize(images)
         # 1. choose t per image, 2. read the teacher at t and the student
@@ -112,7 +166,10 @@ class Distillation(Stage):
             draw = self.timesteps.sample(student_input, epoch)
         except NonFiniteError as e:
             raise RepFusionError(nonfinite_message(self.trainer, str(e))) from None
-        teacher_feature = self.teacher_features(images, draw.t, labels)
+        if cached is None:
+            teacher_feature = self.teacher_features(images, draw.t, labels)
+        else:
+            teacher_feature = cached if self.target_norm is None else self.target_norm(cached, draw.t)
         student_feature = self.student_features(student_input)
         # 3. distil, 4. train the task head, 5. REINFORCE with r = -head loss
         distill = self.distill_loss(student_feature, teacher_feature)

@@ -88,6 +88,13 @@ class DistillRun:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(ema_decay=0.999))
+    # > 0: teacher targets computed once per training image and stored augmentation (that many views per image)
+    # at the start of training instead of every step; needs a fixed t and clean input (`distill.cache`)
+    cache_views: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cache_views, bool) or not isinstance(self.cache_views, int) or self.cache_views < 0:
+            raise RepFusionError(f"cache_views must be a whole number >= 0 (0: no cache), not {self.cache_views}.")
 
 
 def teacher_layers(section: TeacherSection) -> list[str]:
@@ -144,11 +151,14 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule, student: nn
     reward = build_reward(cfg.reward, teacher_shape[0], student_shape[0], datamodule.num_classes)
     target_norm = build_target_norm(cfg.loss.target_norm, teacher_shape[0], teacher.num_timesteps,
                                     cfg.loss.target_bins, pooled=not dense)
-    return Distillation(
+    module = Distillation(
         teacher, student, loss, build_strategy(cfg.timesteps, teacher.num_timesteps), reward, cfg.optim, height,
         layers, student_layer, cfg.teacher.noise_mode, cfg.loss.kd_weight,
         Normalize(cfg.data.mean, cfg.data.std), cfg.data.crop_padding, cfg.data.flip, target_norm,
     )
+    if cfg.cache_views:
+        module.enable_cache(cfg.cache_views, cfg.trainer.seed)
+    return module
 
 
 def export_student(module: Distillation, cfg: DistillRun, out: Path, steps: int = 0,

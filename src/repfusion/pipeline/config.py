@@ -69,6 +69,32 @@ class StageBudget:
 
 
 @dataclass
+class DistillBudget(StageBudget):
+    """projector: linear (the paper's 1x1 adapter) or mlp (a regressor head dropped after distillation, so the
+    backbone need not copy what is specific to the teacher); loss: hint, cosine, cosine_smoothl1, l1."""
+
+    loss: str = "hint"
+    projector: str = "linear"
+
+
+@dataclass
+class FinetuneBudget(StageBudget):
+    """The fine-tuning protocol, the same for every arm (issue 23):
+
+    head_init probe: the head starts as the frozen backbone's logistic-regression probe (LP-FT);
+    head_epochs: head-only SGD epochs first (backbone frozen); backbone_lr_scale: the backbone's lr over the head's;
+    teacher_in_loop: w of the distillation term kept in the loss (0: off), on the labelled batch and on a batch of
+    every training image; each distilled arm keeps its own teacher (the random-teacher student its random one),
+    scratch arms have none.
+    """
+
+    head_init: str = "random"
+    head_epochs: int = 0
+    backbone_lr_scale: float = 1.0
+    teacher_in_loop: float = 0.0
+
+
+@dataclass
 class PretrainRun:
     """Folder -> teacher (given or trained) -> layer/t choice -> distillation (trained and random-weight
     teacher, per seed) -> exported backbone -> with labels: frozen probes and fine-tuning of RepFusion,
@@ -82,8 +108,8 @@ class PretrainRun:
     teacher: TeacherChoice = field(default_factory=TeacherChoice)
     student: StudentChoice = field(default_factory=StudentChoice)
     choice: LayerChoice = field(default_factory=LayerChoice)
-    distill: StageBudget = field(default_factory=lambda: StageBudget(epochs=30))
-    finetune: StageBudget = field(default_factory=lambda: StageBudget(epochs=50))
+    distill: DistillBudget = field(default_factory=lambda: DistillBudget(epochs=30))
+    finetune: FinetuneBudget = field(default_factory=lambda: FinetuneBudget(epochs=50))
     seeds: int = 3
     auto_flip: bool = True  # flips off when images are told from their mirrors (digits, text); see inspect.py
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(ema_decay=0.99, log_every_n_steps=5))

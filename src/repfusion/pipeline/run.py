@@ -29,6 +29,7 @@ from ..errors import RepFusionError
 from ..io import replace_dir, staging_dir, write_json
 from ..students import check_student
 from ..tasks.finetune import FinetuneRun, ModelSection
+from ..tasks.teacher_in_loop import TeacherInLoopSection
 from ..teachers import DiffusionTeacher
 from ..teachers.train import TeacherRun, train_teacher
 from ..training import OptimConfig
@@ -115,8 +116,9 @@ def distill_config(cfg: PretrainRun, data: DataConfig, source: str, arch: str, c
                                allow_other_size=not native, class_label=cfg.teacher.class_label,
                                adm_flags=cfg.teacher.adm_flags, uncond_embedding=cfg.teacher.uncond_embedding),
         student=StudentSection(arch=arch, width=cfg.student.width),
-        loss=LossSection(name="hint", options={"mode": "dense", "grid": "coarser"}, target_norm="per_t",
-                         target_bins=1),
+        loss=LossSection(name=cfg.distill.loss, target_norm="per_t", target_bins=1,
+                         options={"mode": "dense", "grid": "coarser", **({"projector": cfg.distill.projector}
+                                                                         if cfg.distill.projector != "linear" else {})}),
         timesteps=TimestepConfig(strategy="fixed", t=choice.t), reward="none",
         data=replace(unlabeled_view(data), batch_size=batch), optim=OptimConfig(lr=cfg.distill.lr),
         trainer=replace(cfg.trainer, max_epochs=cfg.distill.epochs, seed=seed))
@@ -126,11 +128,14 @@ def finetune_config(cfg: PretrainRun, data: DataConfig, arch: str, init: Path | 
     """Every arm: the labelled subset drawn with the seed (splits fixed), the same augmentation and optimiser."""
     epochs = cfg.finetune.epochs
     batch = cfg.finetune.batch_size or finetune_batch(data, labelled_images(replace(data, label_seed=seed)))
+    protocol = cfg.finetune
+    in_loop = TeacherInLoopSection(weight=protocol.teacher_in_loop if init else 0.0)  # scratch has no teacher
     return FinetuneRun(init=str(init) if init else None, student=ModelSection(arch, cfg.student.width),
                        data=replace(data, label_seed=seed, batch_size=batch),
-                       optim=OptimConfig(lr=cfg.finetune.lr, nesterov=True),
+                       optim=OptimConfig(lr=protocol.lr, nesterov=True, backbone_lr_scale=protocol.backbone_lr_scale),
                        trainer=replace(cfg.trainer, max_epochs=epochs, seed=seed,
-                                       check_val_every_n_epoch=max(1, epochs // 4)))
+                                       check_val_every_n_epoch=max(1, epochs // 4)),
+                       head_init=protocol.head_init, head_epochs=protocol.head_epochs, teacher_in_loop=in_loop)
 
 
 def finetune_batch(data: DataConfig, labelled: int) -> int:

@@ -18,7 +18,8 @@ from ..errors import RepFusionError
 from ..students import build_student, check_given_student
 from ..training import OptimConfig
 from .backbone import HEAD_PREFIXES, init_backbone, resolve_architecture
-from .teacher_in_loop import TeacherInLoop, build_in_loop, pool_images
+from ..data.device_data import pool_images
+from .teacher_in_loop import TeacherInLoop, build_in_loop
 
 if TYPE_CHECKING:
     from .finetune import FinetuneRun

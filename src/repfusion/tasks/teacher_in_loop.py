@@ -169,17 +169,6 @@ def build_in_loop(init: str | None, student: nn.Module, student_layer: str, sect
                                                                                                     "clean"))
 
 
-def pool_images(dataset: torch.utils.data.Dataset) -> torch.Tensor:
-    """Every image of a dataset as one uint8 tensor (N, C, H, W): x_u is drawn from these."""
-    from ..data.device_data import tensor_source
-
-    found = tensor_source(dataset)
-    if found is not None:
-        source, index = found
-        return source.images if index is None else source.images[index]
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])  # type: ignore[arg-type]
-
-
 class TeacherInLoop(nn.Module):
     """What a fine-tuning stage adds for the teacher in the loop: the term, the cache and the x_u draw.
 
@@ -199,7 +188,7 @@ class TeacherInLoop(nn.Module):
 
     def ensure_cache(self, device: torch.device) -> CachedTargets:
         if self.cache is None or self.cache.targets.device != device:
-            self.cache = CachedTargets(self.images.to(device), self.views, self.term.target)
+            self.cache = CachedTargets(self.images.to(device), self.views, lambda x, _index: self.term.target(x))
         return self.cache
 
     def attach(self, model: nn.Module) -> None:
