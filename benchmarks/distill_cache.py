@@ -1,0 +1,125 @@
+"""Longer distillation for the same time (issue 23, item 3): cached teacher targets, and the probe against epochs.
+
+With a fixed t and clean input the truncated teacher's output for an image is fixed up to the augmentation, so
+`cache_views` computes it once per image and stored view (`repfusion.distill.cache`). This measures, on the CIFAR
+subset with the `ours` recipe of cifar_transfer.py (teacher decoder `up_blocks.0`, t = 0, dense hint):
+
+1. seconds per distillation epoch with the teacher run every step and with the cache (its fill time apart);
+2. the frozen student's validation linear probe after E cached epochs, for the trained and the random-weight teacher.
+
+    python benchmarks/distill_cache.py --epochs 6 12 24   # writes benchmarks/results/distill_cache.{json,md,png}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from cifar_transfer import SHARED, distill_config, portable  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=SHARED / "data" / "cifar10-subset")
+    parser.add_argument("--teacher", default=str(SHARED / "teachers" / "cifar10-subset-ddpm-small"))
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--views", type=int, default=2)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[6, 12, 24])
+    parser.add_argument("--random-epochs", type=int, nargs="*", default=None,
+                        help="Epoch counts that also run the random-teacher control (default: the first and last).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--speed-batches", type=int, default=12, help="Steps timed per variant.")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "distill_cache")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    if not args.data.exists() or not Path(args.teacher).exists():
+        print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
+        return
+    from repfusion.analysis.plots import plt
+    from repfusion.analysis.student_probe import probe_student
+    from repfusion.data import DataConfig, ImageDataModule
+    from repfusion.distill.run import run_distillation
+    from repfusion.io import save_figure, write_json, write_text
+
+    root = str(args.data / "cifar-10-batches-py")
+    data = DataConfig(source="cifar", root=root, batch_size=128, val_fraction=0.1, flip=True)
+    splits = ImageDataModule(data)
+    splits.setup()
+    ns = argparse.Namespace(teacher=args.teacher, width=args.width, distill_epochs=1)
+
+    speed = {}
+    for views in (0, args.views):  # a short run each: per-step time without and with the cache
+        cfg = distill_config("ours", ns, data, args.seed)
+        cfg = dataclasses.replace(cfg, cache_views=views, trainer=dataclasses.replace(
+            cfg.trainer, max_epochs=1, limit_train_batches=args.speed_batches, limit_val_batches=0))
+        run_dir = args.work / f"speed-views{views}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own scratch folder: timed from nothing
+        start = time.time()
+        run_distillation(cfg, run_dir, resume=False)
+        speed[views] = time.time() - start
+    steps_per_epoch = len(splits.train_set) // 128
+    print(f"{args.speed_batches} steps: no cache {speed[0]:.1f} s, cache ({args.views} views, fill included) "
+          f"{speed[args.views]:.1f} s", flush=True)
+
+    curve: dict[str, dict[int, float]] = {"ours": {}, "ours-random": {}}
+    seconds: dict[str, dict[int, float]] = {"ours": {}, "ours-random": {}}
+    random_epochs = args.random_epochs if args.random_epochs is not None else sorted({args.epochs[0], args.epochs[-1]})
+    for epochs in args.epochs:
+        for arm in ("ours", "ours-random"):
+            if arm == "ours-random" and epochs not in random_epochs:
+                continue
+            run_dir = args.work / arm / f"epochs{epochs}"
+            done = run_dir / "summary.json"
+            if not done.exists():
+                ns.distill_epochs = epochs
+                cfg = dataclasses.replace(distill_config(arm, ns, data, args.seed), cache_views=args.views)
+                start = time.time()
+                run_distillation(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
+                probe = probe_student(run_dir, splits.train_set, splits.val_set)
+                write_json(done, {"seconds": time.time() - start, "val_probe": probe})
+            summary = json.loads(done.read_text())
+            curve[arm][epochs] = summary["val_probe"]["linear_probe"]
+            seconds[arm][epochs] = summary["seconds"]
+            print(f"{arm:>11} {epochs:>3} cached epochs: val probe {100 * curve[arm][epochs]:.2f} % "
+                  f"({summary['seconds']:.0f} s)", flush=True)
+
+    command = shlex.join(["python", *sys.argv])
+    write_json(args.out / "distill_cache.json", {
+        "command": command, "config": {k: portable(v) for k, v in vars(args).items()}, "seeds": [args.seed],
+        "speed": {"steps": args.speed_batches, "seconds_no_cache": speed[0], "seconds_cache": speed[args.views],
+                  "views": args.views, "steps_per_epoch": steps_per_epoch},
+        "probe": {arm: {str(k): v for k, v in c.items()} for arm, c in curve.items()},
+        "seconds": {arm: {str(k): v for k, v in c.items()} for arm, c in seconds.items()}})
+    lines = ["# Cached teacher targets: speed, and the student probe against distillation epochs", "",
+             f"Command: `{command}`", "",
+             f"CIFAR subset, `ours` recipe of cifar_transfer.py, student resnet18_cifar width {args.width}, seed "
+             f"{args.seed}, one machine. Speed: {args.speed_batches} steps of batch 128 each run (model build, "
+             f"and for the cache its fill over every training image x {args.views} views, included).", "",
+             "| variant | seconds for the steps |", "|---|---|",
+             f"| teacher every step | {speed[0]:.1f} |", f"| cached, {args.views} views | {speed[args.views]:.1f} |", "",
+             "| cached epochs | ours val probe (%) | ours-random val probe (%) | ours seconds |", "|---|---|---|---|"]
+    for epochs in args.epochs:
+        rnd = curve["ours-random"].get(epochs)
+        lines.append(f"| {epochs} | {100 * curve['ours'][epochs]:.2f} | {'-' if rnd is None else f'{100 * rnd:.2f}'} | "
+                     f"{seconds['ours'][epochs]:.0f} |")
+    write_text(args.out / "distill_cache.md", "\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for arm, c in curve.items():
+        if c:
+            ax.plot(list(c), [100 * v for v in c.values()], marker="o", label=arm)
+    ax.set_xlabel("distillation epochs (cached targets)")
+    ax.set_ylabel("frozen student, val linear probe (%)")
+    ax.legend()
+    save_figure(fig, args.out / "distill_cache.png")
+
+
+if __name__ == "__main__":
+    main()
