@@ -36,6 +36,15 @@ def fused_target(maps: dict[str, torch.Tensor], layers: Sequence[str]) -> torch.
     return torch.cat([pooled(maps[layer]) for layer in layers], dim=1)
 
 
+def teacher_target(teacher: DiffusionTeacher, images01: torch.Tensor, t: torch.Tensor, layers: Sequence[str],
+                   noise_mode: str = "clean", labels: torch.Tensor | None = None, truncate: bool = True) -> torch.Tensor:
+    """f_T(x, t) before any standardisation: the teacher's layer(s) for float [0, 1] images (mapped to the
+    teacher's [-1, 1] here), one map or the fused pooled features of several layers."""
+    teacher.eval()  # Lightning restores saved per-module modes directly, bypassing train()
+    maps = teacher(images01 * 2 - 1, t, layers, noise_mode, truncate=truncate, labels=labels)
+    return fused_target(maps, layers)
+
+
 class Distillation(Stage):
     """Receives built parts; the teacher is frozen, out of the optimiser and out of checkpoints."""
 
@@ -88,11 +97,9 @@ class Distillation(Stage):
             t = self.timesteps.cfg.t
 
             def raw_target(images01: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-                self.teacher.eval()
                 times = torch.full((len(images01),), t, dtype=torch.long, device=images01.device)
-                maps = self.teacher(images01 * 2 - 1, times, self.teacher_layers, self.noise_mode,
-                                    truncate=self.truncate_teacher, labels=labels[index.to(labels.device)])
-                return fused_target(maps, self.teacher_layers)
+                return teacher_target(self.teacher, images01, times, self.teacher_layers, self.noise_mode,
+                                      labels[index.to(labels.device)], self.truncate_teacher)
 
             self.cache, self.cache_labels = CachedTargets(images, views, raw_target), labels
 
@@ -142,11 +149,8 @@ class Distillation(Stage):
 
         `labels` reach class-conditional teachers that read the dataset's labels (ADM, DiT); others ignore them.
         """
-        self.teacher.eval()  # Lightning restores saved per-module modes directly, bypassing train()
-        pixels = images01 * 2 - 1
-        maps = self.teacher(pixels, t, self.teacher_layers, self.noise_mode, truncate=self.truncate_teacher,
-                            labels=labels)
-        feature = fused_target(maps, self.teacher_layers)
+        feature = teacher_target(self.teacher, images01, t, self.teacher_layers, self.noise_mode, labels,
+                                 self.truncate_teacher)
         return feature if self.target_norm is None else self.target_norm(feature, t)
 
     def epoch_progress(self, batch_idx: int) -> float:

@@ -28,7 +28,7 @@ from ..data.augment import Normalize
 from ..distill.cache import CachedTargets, StoredViews
 from ..distill.losses import build_loss
 from ..distill.run import HEAD_FILE
-from ..distill.module import fused_target
+from ..distill.module import teacher_target
 from ..distill.target_norm import build_target_norm
 from ..errors import RepFusionError
 from ..features import FeatureTap
@@ -88,10 +88,8 @@ class InLoopDistillation(nn.Module):
     @torch.no_grad()
     def target(self, images01: torch.Tensor) -> torch.Tensor:
         """f_T(x, t) as the distillation saw it: the teacher's layer(s) at t, standardised by its statistics."""
-        self.teacher.eval()
         t = torch.full((len(images01),), self.t, dtype=torch.long, device=images01.device)
-        maps = self.teacher(images01 * 2 - 1, t, self.teacher_layers, self.noise_mode)
-        feature = fused_target(maps, self.teacher_layers)
+        feature = teacher_target(self.teacher, images01, t, self.teacher_layers, self.noise_mode)
         return feature if self.target_norm is None else self.target_norm(feature, t)
 
     def forward(self, student_feature: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
