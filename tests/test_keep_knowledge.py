@@ -189,40 +189,31 @@ def test_cosine_smoothl1_stored_value():
 
 
 def test_probe_head_predicts_as_the_logistic_regression_probe(distill_dirs):
-    """head_init probe: the head is the frozen backbone's probe, its standardisation folded into fc."""
+    """head_init probe: the head is the backbone's probe on training-mode features (batch statistics), its
+    standardisation folded into fc; fitting it changes no backbone tensor."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    from repfusion.analysis.student_probe import student_features
+    from repfusion.features import layer_output, pooled
     from repfusion.tasks.classification import fit_probe_head
 
     trained, _ = distill_dirs
     cfg = finetune_cfg(trained, head_init="probe")
     data = ImageDataModule(cfg.data, labelled_only=True)
     module = build_classification(cfg, data)
-    fit_probe_head(module.model, data.train_set, module.normalize, torch.device("cpu"))
-    features, labels = student_features(module.model, data.train_set, "layer4", module.normalize)
-    mean, std = features.mean(0), features.std(0) + 1e-6
-    expected = LogisticRegression(max_iter=1000).fit((features - mean) / std, labels).predict((features - mean) / std)
+    before = {k: v.clone() for k, v in module.model.state_dict().items() if not k.startswith("fc.")}
+    fit_probe_head(module.model, data.train_set, module.normalize, torch.device("cpu"), batch_size=10_000)
+    assert all(torch.equal(v, module.model.state_dict()[k]) for k, v in before.items())
     images = torch.stack([data.train_set[i][0] for i in range(len(data.train_set))]).float() / 255
+    labels = np.array([data.train_set[i][1] for i in range(len(data.train_set))])
+    module.model.train()
+    for m in module.model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.track_running_stats = False  # one batch of every image: the statistics the probe saw
     with torch.no_grad():
-        predicted = module.eval()(images).argmax(1).numpy()
+        features = pooled(layer_output(module.model, "layer4", module.normalize(images))).numpy()
+        predicted = module.model(module.normalize(images)).argmax(1).numpy()
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    expected = LogisticRegression(C=0.1, max_iter=1000).fit((features - mean) / std, labels).predict(
+        (features - mean) / std)
     assert np.mean(predicted == expected) > 0.98
-
-
-def test_distillation_with_cached_targets_trains_and_reads_the_cache(tmp_path):
-    from repfusion.distill.run import DistillRun, StudentSection, build_distillation, run_distillation
-    from repfusion.distill.timesteps import TimestepConfig
-
-    cfg = DistillRun(student=StudentSection(width=0.125), timesteps=TimestepConfig("fixed", t=0), reward="none",
-                     data=DataConfig(batch_size=16), cache_views=2,
-                     trainer=TrainerConfig(max_epochs=1, limit_train_batches=3, limit_val_batches=1, progress=False))
-    run_distillation(cfg, tmp_path / "run")
-    assert (tmp_path / "run" / "student" / "distillation_head.safetensors").is_file()
-    module = build_distillation(cfg, ImageDataModule(cfg.data))
-    with pytest.raises(RepFusionError, match="cache_views needs a fixed t"):
-        build_distillation(replace(cfg, timesteps=TimestepConfig("uniform"), reward="none"),
-                           ImageDataModule(cfg.data))
-    assert module.cache_views == 2
-    with pytest.raises(RepFusionError, match="cache_views must be"):
-        DistillRun(cache_views=-1)
