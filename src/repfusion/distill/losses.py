@@ -50,21 +50,20 @@ def build_projector(kind: str, student_shape: Shape, teacher_shape: Shape, hidde
     """What maps student channels to teacher channels before the distance; trained with the student and dropped
     with the loss after distillation (it is never part of the exported backbone).
 
-    `linear`: a 1x1 convolution (the paper's hint adapter). `mlp`: 1x1 conv -> BatchNorm -> GELU -> 1x1 conv
-    with `hidden` channels (default: the larger side), the regressor head of DreamTeacher / REPA's projector,
-    so the backbone need not reproduce what is specific to the teacher.
+    `linear`: a 1x1 convolution (the paper's hint adapter). `mlp`: 1x1 conv -> BatchNorm -> ReLU -> 1x1 conv
+    with `hidden` channels (default 256, the variant measured on the digits), the regressor head of
+    DreamTeacher / REPA's projector, so the backbone need not reproduce what is specific to the teacher.
     """
     spatial = len(student_shape) == 3
     c_in, c_out = student_shape[0], teacher_shape[0]
     if kind == "linear":
         return nn.Conv2d(c_in, c_out, 1) if spatial else nn.Linear(c_in, c_out)
     if kind == "mlp":
-        width = int(hidden or max(c_in, c_out))
+        width = int(hidden or 256)
         if spatial:
-            return nn.Sequential(nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.GELU(),
+            return nn.Sequential(nn.Conv2d(c_in, width, 1), nn.BatchNorm2d(width), nn.ReLU(),
                                  nn.Conv2d(width, c_out, 1))
-        return nn.Sequential(nn.Linear(c_in, width, bias=False), nn.BatchNorm1d(width), nn.GELU(),
-                             nn.Linear(width, c_out))
+        return nn.Sequential(nn.Linear(c_in, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, c_out))
     raise RepFusionError(f"loss.options.projector must be 'linear' or 'mlp', not '{kind}'.")
 
 

@@ -74,6 +74,18 @@ class LossSection:
     options: dict[str, JSONValue] = field(default_factory=dict)  # plain data, never a class_path
     target_norm: str = "per_t"
     target_bins: int = 20
+    # statistics of the standardised target: auto (dense losses per position, pooled ones of the pooled feature)
+    # or pooled (the pooled feature's across-image std, also for a dense loss: a target of about unit scale where
+    # a dense standardisation over the teacher's finer grid leaves the coarser loss grid a mean square of ~0.06)
+    target_stats: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.target_stats not in ("auto", "pooled", "dense"):
+            raise RepFusionError(f"loss.target_stats must be auto, pooled or dense, not '{self.target_stats}'.")
+
+    def pooled_stats(self) -> bool:
+        dense = self.name == "at" or self.options.get("mode") == "dense"
+        return self.target_stats == "pooled" or (self.target_stats == "auto" and not dense)
 
 
 @dataclass
@@ -150,7 +162,7 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule, student: nn
                              "timestep strategy).")
     reward = build_reward(cfg.reward, teacher_shape[0], student_shape[0], datamodule.num_classes)
     target_norm = build_target_norm(cfg.loss.target_norm, teacher_shape[0], teacher.num_timesteps,
-                                    cfg.loss.target_bins, pooled=not dense)
+                                    cfg.loss.target_bins, pooled=cfg.loss.pooled_stats())
     module = Distillation(
         teacher, student, loss, build_strategy(cfg.timesteps, teacher.num_timesteps), reward, cfg.optim, height,
         layers, student_layer, cfg.teacher.noise_mode, cfg.loss.kd_weight,

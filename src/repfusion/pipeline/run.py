@@ -117,6 +117,7 @@ def distill_config(cfg: PretrainRun, data: DataConfig, source: str, arch: str, c
                                adm_flags=cfg.teacher.adm_flags, uncond_embedding=cfg.teacher.uncond_embedding),
         student=StudentSection(arch=arch, width=cfg.student.width),
         loss=LossSection(name=cfg.distill.loss, target_norm="per_t", target_bins=1,
+                         target_stats=cfg.distill.target_stats,
                          options={"mode": "dense", "grid": "coarser", **({"projector": cfg.distill.projector}
                                                                          if cfg.distill.projector != "linear" else {})}),
         timesteps=TimestepConfig(strategy="fixed", t=choice.t), reward="none",

@@ -27,7 +27,7 @@ from torch import nn
 from ..data.augment import Normalize
 from ..distill.cache import CachedTargets, StoredViews
 from ..distill.losses import build_loss
-from ..distill.run import HEAD_FILE
+from ..distill.run import HEAD_FILE, LossSection
 from ..distill.module import teacher_target
 from ..distill.target_norm import build_target_norm
 from ..errors import RepFusionError
@@ -150,9 +150,9 @@ def build_in_loop(init: str | None, student: nn.Module, student_layer: str, sect
     student.train(was_training)
     options = dict(loss_cfg.get("options") or {})
     loss = build_loss(loss_cfg["name"], student_shape, teacher_shape, **options)
-    dense = loss_cfg["name"] == "at" or options.get("mode") == "dense"
     target_norm = build_target_norm(loss_cfg.get("target_norm", "none"), teacher_shape[0], teacher.num_timesteps,
-                                    int(loss_cfg.get("target_bins", 20)), pooled=not dense)
+                                    int(loss_cfg.get("target_bins", 20)),
+                                    pooled=LossSection(**loss_cfg).pooled_stats())
     state = _head_state(folder)
     for prefix, part in (("distill_loss.", loss), ("target_norm.", target_norm)):
         if part is None:
