@@ -16,7 +16,7 @@ from pathlib import Path
 from .data import DataConfig
 from .data.labels import check_label_budget
 from .errors import RepFusionError
-from .pipeline import LayerChoice, PretrainRun, StageBudget, StudentChoice, TeacherChoice, run_pretrain
+from .pipeline import DistillBudget, FinetuneBudget, LayerChoice, PretrainRun, StudentChoice, TeacherChoice, run_pretrain
 from .training import TrainerConfig
 
 
@@ -64,8 +64,8 @@ def demo_pretrain(cfg: DemoConfig) -> PretrainRun:
         teacher=TeacherChoice(preset="tiny-16", epochs=cfg.teacher_epochs, lr=1e-3, ema_decay=0.99),
         student=StudentChoice(arch=cfg.arch, width=cfg.width),
         choice=LayerChoice(layers=[cfg.teacher_layer], timesteps=[0], modes=[cfg.noise_mode]),
-        distill=StageBudget(epochs=cfg.distill_epochs, lr=0.05),
-        finetune=StageBudget(epochs=cfg.finetune_epochs, lr=0.05, batch_size=32),
+        distill=DistillBudget(epochs=cfg.distill_epochs, lr=0.05),
+        finetune=FinetuneBudget(epochs=cfg.finetune_epochs, lr=0.05, batch_size=32),
         seeds=cfg.seeds, auto_flip=False,
         trainer=TrainerConfig(ema_decay=0.99, progress=cfg.progress, log_every_n_steps=5))
 
