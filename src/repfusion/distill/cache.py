@@ -42,7 +42,7 @@ class StoredViews:
         if views > 1 and flip:  # view 1: its mirror image
             offsets[:, 1] = padding
             flips[:, 1] = True
-        self.count, self.views, self.padding = count, views, padding
+        self.views, self.padding = views, padding
         self.offsets, self.flips = offsets, flips
 
     def apply(self, images01: torch.Tensor, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,3 @@ class CachedTargets:
         index = torch.randint(0, len(self), (size,), generator=generator)
         view = torch.randint(0, self.views.views, (size,), generator=generator)
         return index, view
-
-    @property
-    def nbytes(self) -> int:
-        return self.targets.numel() * self.targets.element_size()

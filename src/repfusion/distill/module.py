@@ -76,6 +76,7 @@ class Distillation(Stage):
         self.cache_views, self.cache_seed = 0, 0
         self.cache: CachedTargets | None = None
         self.cache_labels: torch.Tensor | None = None
+        self._epoch_draw: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, order, views)
         self.crop_padding, self.flip = crop_padding, flip
 
     def enable_cache(self, views: int, seed: int) -> None:
@@ -107,9 +108,11 @@ class Distillation(Stage):
         """(images, labels, raw teacher targets) of step `batch_idx` of this epoch: a seeded permutation, so a
         resumed epoch continues with the same images."""
         assert self.cache is not None and self.cache_labels is not None
-        generator = torch.Generator().manual_seed(self.cache_seed * 1_000_003 + self.current_epoch)
-        order = torch.randperm(len(self.cache), generator=generator)
-        view = torch.randint(0, self.cache.views.views, (len(self.cache),), generator=generator)
+        if self._epoch_draw is None or self._epoch_draw[0] != self.current_epoch:  # drawn once an epoch
+            generator = torch.Generator().manual_seed(self.cache_seed * 1_000_003 + self.current_epoch)
+            self._epoch_draw = (self.current_epoch, torch.randperm(len(self.cache), generator=generator),
+                                torch.randint(0, self.cache.views.views, (len(self.cache),), generator=generator))
+        _, order, view = self._epoch_draw
         index = order[batch_idx * size:(batch_idx + 1) * size]
         if len(index) == 0:  # more steps than images (limit_train_batches as a count): wrap around
             index = order[:size]

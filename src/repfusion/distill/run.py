@@ -83,9 +83,13 @@ class LossSection:
         if self.target_stats not in ("auto", "pooled", "dense"):
             raise RepFusionError(f"loss.target_stats must be auto, pooled or dense, not '{self.target_stats}'.")
 
+    @property
+    def dense(self) -> bool:
+        """Whether the loss compares maps (AT, or mode dense) rather than pooled vectors."""
+        return self.name == "at" or self.options.get("mode") == "dense"
+
     def pooled_stats(self) -> bool:
-        dense = self.name == "at" or self.options.get("mode") == "dense"
-        return self.target_stats == "pooled" or (self.target_stats == "auto" and not dense)
+        return self.target_stats == "pooled" or (self.target_stats == "auto" and not self.dense)
 
 
 @dataclass
@@ -145,8 +149,7 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule, student: nn
         student.eval()
         student_shape = tuple(layer_output(student, student_layer, torch.zeros(2, channels, height, width)).shape[1:])
         student.train()
-    dense = cfg.loss.name == "at" or cfg.loss.options.get("mode") == "dense"
-    if dense and len(layers) > 1:
+    if cfg.loss.dense and len(layers) > 1:
         raise RepFusionError(f"Several teacher layers ({', '.join(layers)}) make one pooled target, which the dense "
                              f"{cfg.loss.name} loss cannot use; give one teacher.layer or a pooled loss.")
     loss = build_loss(cfg.loss.name, student_shape, teacher_shape, **cfg.loss.options)

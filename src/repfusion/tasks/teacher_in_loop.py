@@ -31,7 +31,7 @@ from ..distill.run import HEAD_FILE, LossSection
 from ..distill.module import teacher_target
 from ..distill.target_norm import build_target_norm
 from ..errors import RepFusionError
-from ..features import FeatureTap
+from ..features import FeatureTap, layer_output
 from ..io import load_checkpoint, load_tensors
 from ..students import find_export
 
@@ -143,10 +143,8 @@ def build_in_loop(init: str | None, student: nn.Module, student_layer: str, sect
     shapes = [teacher.feature_shape(layer, height) for layer in layers]
     teacher_shape = shapes[0] if len(shapes) == 1 else (sum(s[0] for s in shapes),)
     was_training = student.training
-    student.eval()
-    with torch.no_grad(), FeatureTap(student, [student_layer]) as tap:
-        student(torch.zeros(2, channels, height, width))
-        student_shape = tuple(tap.pop()[student_layer].shape[1:])
+    with torch.no_grad():
+        student_shape = tuple(layer_output(student.eval(), student_layer, torch.zeros(2, channels, height, width)).shape[1:])
     student.train(was_training)
     options = dict(loss_cfg.get("options") or {})
     loss = build_loss(loss_cfg["name"], student_shape, teacher_shape, **options)
