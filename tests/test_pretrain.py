@@ -48,6 +48,10 @@ def test_nested_unlabeled_folder_is_found_recursively_and_distilled_label_free(t
                  "--run-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "labels: none" in printed and "label-free" in printed
+    # the whole run's estimate and the budget it applies to come before the first stage
+    assert printed.index("Budget: budget cpu (auto: no GPU") < printed.index("Estimate: about") \
+        < printed.index("[pretrain 1/")
+    assert json.loads((out / "budget.json").read_text())["filled"] == {}  # TINY gives every epoch count and width
     result = json.loads((out / "results.json").read_text())
     facts = result["data"]["facts"]
     assert facts["train_images"] + facts["test_images"] == len(files)  # every nesting level was read

@@ -19,11 +19,11 @@ from ..training import TrainerConfig
 class TeacherChoice:
     """source: any teacher the project loads (preset, save_pretrained folder, pipeline folder, ADM .pt file,
     hub id); null trains a DDPM on the folder first (`preset`, default by image size: tiny-16 up to 16 px,
-    small-32 above), for `epochs` epochs, without labels."""
+    small-32 above), for `epochs` epochs (null: from the run's budget), without labels."""
 
     source: str | None = None
     preset: str | None = None
-    epochs: int = 40
+    epochs: int | None = None
     lr: float = 2e-4
     ema_decay: float = 0.999
     class_label: int | str = "auto"
@@ -33,10 +33,11 @@ class TeacherChoice:
 
 @dataclass
 class StudentChoice:
-    """arch: a built-in student (default resnet18_cifar up to 64 px, resnet18 above) or timm:/torchvision: name."""
+    """arch: a built-in student (default resnet18_cifar up to 64 px, resnet18 above) or timm:/torchvision: name;
+    width: the channel multiplier (null: from the run's budget, 1.0 on a GPU, 0.25 on a CPU)."""
 
     arch: str | None = None
-    width: float = 1.0
+    width: float | None = None
 
 
 @dataclass
@@ -60,10 +61,11 @@ class LayerChoice:
 
 @dataclass
 class StageBudget:
-    """lr: SGD (momentum 0.9) learning rate; batch_size null: data.batch_size, and for fine-tuning at most a
-    sixth of the labelled images (a power of two, at least 16), so a small label budget still takes steps."""
+    """epochs null: from the run's budget; lr: SGD (momentum 0.9) learning rate; batch_size null: data.batch_size,
+    and for fine-tuning at most a sixth of the labelled images (a power of two, at least 16), so a small label
+    budget still takes steps."""
 
-    epochs: int = 30
+    epochs: int | None = None
     lr: float = 0.1
     batch_size: int | None = None
 
@@ -106,14 +108,21 @@ class PretrainRun:
 
     trainer: hardware, precision, loggers, EMA and progress for every stage; each stage sets its own
     max_epochs (teacher.epochs, distill.epochs, finetune.epochs) and seed.
+
+    budget: what fills the epoch counts and the width left null (`pipeline.budget`): gpu (teacher 40, distill 30,
+    finetune 50 epochs, width 1.0), cpu (12, 6, 25, width 0.25), or auto (gpu where the trainer finds a CUDA
+    GPU, else cpu). time: a wall-time target (30min, 1h30min) that scales those filled epoch counts so the
+    up-front estimate fits it; values given by hand are never changed.
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(source="folder", labels="auto"))
     teacher: TeacherChoice = field(default_factory=TeacherChoice)
     student: StudentChoice = field(default_factory=StudentChoice)
     choice: LayerChoice = field(default_factory=LayerChoice)
-    distill: DistillBudget = field(default_factory=lambda: DistillBudget(epochs=30))
-    finetune: FinetuneBudget = field(default_factory=lambda: FinetuneBudget(epochs=50))
+    distill: DistillBudget = field(default_factory=DistillBudget)
+    finetune: FinetuneBudget = field(default_factory=FinetuneBudget)
     seeds: int = 3
+    budget: str = "auto"
+    time: str | None = None
     auto_flip: bool = True  # flips off when images are told from their mirrors (digits, text); see inspect.py
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(ema_decay=0.99, log_every_n_steps=5))

@@ -1,7 +1,7 @@
 """One progress line across the pipeline's stages, with an estimate of the time left.
 
-Each stage is planned in work units (training epochs times images, weighted by what a step costs);
-the rate measured on the finished stages, resumed ones excluded, estimates the rest.
+Each stage is planned in seconds, estimated up front from timed steps (`estimate.py`); the ratio of measured
+to estimated time on the finished stages, resumed ones excluded, corrects the estimate of the rest.
 """
 
 from __future__ import annotations
@@ -25,17 +25,19 @@ class StageProgress:
         self._done_units = 0.0
         self._busy = 0.0
 
-    def left(self, after: str) -> str:
+    def left(self, after: str, including: bool = False) -> str:
+        """The time left after stage `after` (from it on, `including` it)."""
         names = list(self.plan)
-        rest = sum(self.plan[n] for n in names[names.index(after) + 1:])
-        if self._done_units <= 0 or self._busy <= 0:
-            return "time left: estimated after the first stage that trains"
-        return f"about {clock(rest * self._busy / self._done_units)} left"
+        rest = sum(self.plan[n] for n in names[names.index(after) + (0 if including else 1):])
+        if self._done_units <= 0 or self._busy <= 0:  # nothing measured yet: the up-front estimate (seconds)
+            return f"about {clock(rest)} left (estimate)"
+        return f"about {clock(rest * self._busy / self._done_units)} left"  # corrected by the measured rate
 
     def run(self, name: str, fn: Callable[[], Any], skipped: bool = False) -> Any:
         names = list(self.plan)
         number = names.index(name) + 1
-        self.log(f"\n[pretrain {number}/{len(names)}, {clock(time.time() - self.start)} elapsed] {name}")
+        self.log(f"\n[pretrain {number}/{len(names)}, {clock(time.time() - self.start)} elapsed, "
+                 f"{self.left(name, including=True)}] {name}")
         began = time.time()
         result = fn()
         spent = time.time() - began

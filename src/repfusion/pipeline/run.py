@@ -19,6 +19,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..analysis.controls import labelled_images, paired_entry
 from ..analysis.student_probe import probe_student
 from ..data import DataConfig, ImageDataModule
@@ -34,12 +36,15 @@ from ..teachers import DiffusionTeacher
 from ..teachers.train import TeacherRun, train_teacher
 from ..training import OptimConfig
 from .choice import Choice, check_choice, choose, read_choice
+from .budget import BudgetChoice, accelerated, apply_budget, budget_record, check_budget, fit_to_time, parse_duration
 from .config import PretrainRun
+from .estimate import stage_seconds, time_models
 from .inspect import DataFacts, inspect_data, unlabeled_view
 from .progress import StageProgress, clock
 from .report import card_metrics, results_table, write_report
 
 SETTINGS_FILE = "pretrain.json"
+BUDGET_FILE = "budget.json"  # what the budget filled in, so a resume keeps it
 MIN_PROBE_LABELS = 200  # below this the trained - random probe gap is mostly sampling noise
 
 
@@ -58,18 +63,22 @@ def check_pretrain(cfg: PretrainRun) -> None:
     for name, value in (("seeds", cfg.seeds), ("teacher.epochs", cfg.teacher.epochs),
                         ("distill.epochs", cfg.distill.epochs), ("finetune.epochs", cfg.finetune.epochs),
                         ("choice.max_images", cfg.choice.max_images)):
+        if value is None and name.endswith(".epochs"):
+            continue  # filled from the budget
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RepFusionError(f"{name} must be a whole number >= 1, not {value}.")
+            raise RepFusionError(f"{name} must be a whole number >= 1 (or null for the budget's), not {value}.")
+    check_budget(cfg)
     if cfg.data.source == "folder" and not cfg.data.root:
         raise RepFusionError("Give the folder of images with --data.root PATH (any nesting; class sub-folders or "
                              "--data.labels FILE.csv add labels).")
     if cfg.teacher.source is None and (cfg.teacher.preset or "small-32") not in ("tiny-16", "small-32"):
         raise RepFusionError(f"teacher.preset {cfg.teacher.preset} is not one the pipeline trains here; use tiny-16 "
                              "or small-32, or give a trained teacher with --teacher.source.")
-    if cfg.student.width <= 0:
-        raise RepFusionError(f"student.width must be positive, not {cfg.student.width}.")
+    width = cfg.student.width
+    if width is not None and (isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0):
+        raise RepFusionError(f"student.width must be positive (or null for the budget's), not {width}.")
     if cfg.student.arch is not None:  # the default (resnet18_cifar or resnet18, from the image size) is built in
-        check_student(cfg.student.arch, cfg.student.width)
+        check_student(cfg.student.arch, 1.0 if width is None else width)
 
 
 def check_out(out: Path, resume: bool, wanted: dict[str, Any], saved_name: str = SETTINGS_FILE) -> None:
@@ -179,18 +188,33 @@ def default_arch(size: int) -> str:
     return "resnet18_cifar" if size <= 64 else "resnet18"
 
 
-def plan_units(cfg: PretrainRun, facts: DataFacts, train_teacher_too: bool, labelled: bool) -> dict[str, float]:
-    """Stage -> work units (image-epochs; a distillation step also runs the teacher, so it counts double)."""
-    n, labelled_n = facts.train_images, max(1, round(facts.train_images * cfg.data.label_fraction))
-    distills = cfg.seeds * len(TEACHERS) if labelled else 1
-    plan = {"teacher": float(cfg.teacher.epochs * n if train_teacher_too else 0),
-            "choose the teacher layer and t": float(min(n, cfg.choice.max_images) * 6),
-            "distil": float(2 * distills * cfg.distill.epochs * n), "export the backbone": 0.0}
-    if labelled:
-        plan["probe the frozen backbones"] = float(3 * cfg.seeds * n)
-        plan["fine-tune the arms"] = float(cfg.seeds * 5 * cfg.finetune.epochs * labelled_n)
-    plan["report"] = 0.0
-    return plan
+def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: DiffusionTeacher, arch: str,
+             train_teacher_too: bool, labelled: bool, saved: dict[str, Any] | None = None
+             ) -> tuple[PretrainRun, BudgetChoice, dict[str, float]]:
+    """The budget filled in (and sized to `time` if given) with its estimate: stage -> seconds on this machine.
+
+    `saved`: the budget a resumed run's first invocation filled, kept as it was (a time target is sized once)."""
+    on_gpu = accelerated(cfg.trainer.accelerator)
+    cfg, budget = apply_budget(cfg, on_gpu)
+    if saved is not None:
+        cfg, budget = with_saved_budget(cfg, saved), BudgetChoice(**saved)
+    labelled_n = max(1, round(facts.train_images * (1 - data.val_fraction) * data.label_fraction)) if labelled else 0
+    times = time_models(shape, arch, cfg.student.width, data.image_size, cfg.distill.batch_size or data.batch_size,
+                        cfg.finetune.batch_size or finetune_batch(data, labelled_n), max(2, facts.classes),
+                        train_teacher_too, torch.device("cuda" if on_gpu else "cpu"))
+    plan, per_epoch = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
+    if cfg.time is not None and saved is None:
+        cfg, budget = fit_to_time(cfg, budget, plan, per_epoch, parse_duration(cfg.time))
+        plan, _ = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
+    return cfg, budget, plan
+
+
+def with_saved_budget(cfg: PretrainRun, saved: dict[str, Any]) -> PretrainRun:
+    """A resumed run keeps the epoch counts and width its first invocation filled (a time target is sized once)."""
+    for key, value in saved["filled"].items():
+        section, name = key.split(".")
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{name: value})})
+    return cfg
 
 
 def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
@@ -210,16 +234,24 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     labelled = facts.labelled
     if labelled and cfg.seeds < 2:
         raise RepFusionError(f"seeds must be at least 2 for a confidence interval, not {cfg.seeds}.")
-    check_out(out, resume, settings(cfg))
+    wanted = settings(cfg)  # what the user asked; the budget fills the rest
+    check_out(out, resume, wanted)
+    saved = json.loads((out / BUDGET_FILE).read_text()) if resume and (out / BUDGET_FILE).is_file() else None
+    cfg, budget, estimate_s = estimate(cfg, facts, data, shape, arch, given is None, labelled, saved)
     print("\n".join(["Data:"] + [f"   {line}" for line in facts.lines()]))
     print(f"Teacher: {given or f'a {preset} DDPM trained here on the images, no labels'}; student {arch} at width "
           f"{cfg.student.width}; {'4 arms x ' + str(cfg.seeds) + ' seeds at ' + format(100 * data.label_fraction, 'g') + ' % labels' if labelled else 'label-free: distillation and export only'}")
+    print(f"Budget: {budget.line()}")
+    print(f"Estimate: about {clock(sum(estimate_s.values()))} in all on this machine ("
+          + ", ".join(f"{name} {clock(s)}" for name, s in estimate_s.items() if s >= 0.5)
+          + "), from a few timed steps of each stage's model", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     if on_start is not None:
         on_start()
-    write_json(out / SETTINGS_FILE, settings(cfg))
+    write_json(out / SETTINGS_FILE, wanted)
+    write_json(out / BUDGET_FILE, budget_record(budget))
     plan = Plan(cfg.seeds, resume)
-    progress = StageProgress(plan_units(cfg, facts, given is None, labelled))
+    progress = StageProgress(estimate_s)
 
     teacher_dir = out / "teacher" / "teacher"
     if given is None:
@@ -268,7 +300,8 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
             lambda top1: f"test top-1 {100 * top1:.2f} %")))
         summary, pairs = compare_arms(arms, "test_top1", fraction=data.label_fraction)
         result.update(summary=summary, paired=pairs + probe["paired"], probe=probe["runs"], verdict=verdict(pairs))
-    result.update(timings_s=progress.timings, wall_s=time.time() - progress.start, config=settings(cfg),
+    result.update(budget=budget_record(budget), estimate_s=estimate_s, timings_s=progress.timings,
+                  wall_s=time.time() - progress.start, config=settings(cfg),
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     progress.run("report", lambda: write_report(out, result, cfg))
     write_json(out / "results.json", result)

@@ -1,0 +1,136 @@
+"""Budgets that fit the machine: the epochs and width `pretrain` uses where the user gave none.
+
+A GPU budget is the recipe the benchmarks measured (teacher 40 epochs, distillation 30, fine-tuning 50, full
+width); on a laptop CPU that is hours for a few thousand images, so the CPU budget is what a 2-core machine
+finishes in well under an hour on such a folder (teacher 12, distillation 6, fine-tuning 25, width 0.25: the
+budgets the issue's user gave by hand, 18 min on 3,678 digits). `budget: auto` picks by the accelerator the
+trainer would use. A wall-time target (`time: 30min`) then scales every epoch count it did not get from the user
+so that the up-front estimate (`estimate.py`) fits the target. Values given on the command line or in YAML are
+never changed: the budget fills only what is left null.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, replace
+
+from ..errors import RepFusionError
+from ..students.external import is_external
+from .config import PretrainRun
+
+BUDGET_NAMES = ("auto", "cpu", "gpu")
+SIZED = ("teacher.epochs", "distill.epochs", "finetune.epochs")  # what a time target scales
+
+
+@dataclass(frozen=True)
+class Budget:
+    teacher_epochs: int
+    distill_epochs: int
+    finetune_epochs: int
+    width: float
+
+
+BUDGETS = {"gpu": Budget(teacher_epochs=40, distill_epochs=30, finetune_epochs=50, width=1.0),
+           "cpu": Budget(teacher_epochs=12, distill_epochs=6, finetune_epochs=25, width=0.25)}
+
+
+@dataclass
+class BudgetChoice:
+    """What was filled in, and why; printed with the facts and kept in the report."""
+
+    name: str
+    reason: str
+    filled: dict[str, float]
+    target_s: float | None = None
+
+    def line(self) -> str:
+        given = ", ".join(f"{k} {v:g}" for k, v in self.filled.items()) or "nothing (every budget was given)"
+        target = f", sized to {self.target_s / 60:g} min" if self.target_s else ""
+        return f"budget {self.name} ({self.reason}{target}): {given}"
+
+
+def parse_duration(text: str) -> float:
+    """'30min', '1h', '90s', '1h30min', '45' (minutes) -> seconds; one sentence for anything else."""
+    units = {"h": 3600, "hr": 3600, "hour": 3600, "hours": 3600, "m": 60, "min": 60, "mins": 60, "minutes": 60,
+             "s": 1, "sec": 1, "seconds": 1}
+    cleaned = str(text).strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", cleaned):
+        seconds = float(cleaned) * 60
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)([a-z]+)", cleaned)
+        if not parts or "".join(n + u for n, u in parts) != cleaned or any(u not in units for _, u in parts):
+            raise RepFusionError(f"time must be a duration such as 30min, 1h, 1h30min or 90s, not '{text}'.")
+        seconds = sum(float(n) * units[u] for n, u in parts)
+    if seconds < 60:
+        raise RepFusionError(f"time {text} is under a minute; give at least 1min (the estimate alone takes seconds).")
+    return seconds
+
+
+def check_budget(cfg: PretrainRun) -> None:
+    if cfg.budget not in BUDGET_NAMES:
+        raise RepFusionError(f"budget must be one of {', '.join(BUDGET_NAMES)}, not '{cfg.budget}'.")
+    if cfg.time is not None:
+        parse_duration(cfg.time)
+
+
+def accelerated(accelerator: str) -> bool:
+    """Whether the trainer would run on a GPU: what `budget: auto` reads."""
+    import torch
+
+    return str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def apply_budget(cfg: PretrainRun, on_gpu: bool) -> tuple[PretrainRun, BudgetChoice]:
+    """`cfg` with every null epoch count and width taken from the budget; the values given are kept."""
+    check_budget(cfg)
+    name = cfg.budget if cfg.budget != "auto" else ("gpu" if on_gpu else "cpu")
+    reason = "as asked" if cfg.budget != "auto" else ("auto: a CUDA GPU" if on_gpu else "auto: no GPU, a CPU")
+    budget = BUDGETS[name]
+    external = cfg.student.arch is not None and is_external(cfg.student.arch)  # no width multiplier to set
+    filled: dict[str, float] = {}
+
+    def pick(key: str, value, default):
+        if value is None:
+            filled[key] = default
+            return default
+        return value
+
+    out = replace(cfg,
+                  teacher=replace(cfg.teacher, epochs=pick("teacher.epochs", cfg.teacher.epochs, budget.teacher_epochs)),
+                  distill=replace(cfg.distill, epochs=pick("distill.epochs", cfg.distill.epochs, budget.distill_epochs)),
+                  finetune=replace(cfg.finetune,
+                                   epochs=pick("finetune.epochs", cfg.finetune.epochs, budget.finetune_epochs)),
+                  student=replace(cfg.student, width=pick("student.width", cfg.student.width,
+                                                          1.0 if external else budget.width)))
+    return out, BudgetChoice(name, reason, filled)
+
+
+def fit_to_time(cfg: PretrainRun, choice: BudgetChoice, stage_seconds: dict[str, float],
+                per_epoch: dict[str, float], target_s: float) -> tuple[PretrainRun, BudgetChoice]:
+    """Scale the epoch counts the budget filled so the estimated total meets `target_s`.
+
+    `stage_seconds` is the estimate at the budget's epochs and `per_epoch` each sized key's seconds per epoch
+    (all its runs together); what does not scale with epochs (the choice, probes) is kept fixed. Never below one
+    epoch; a target that even one epoch each cannot meet is said, not silently exceeded."""
+    sized = [key for key in SIZED if key in choice.filled]
+    variable = sum(per_epoch[key] * choice.filled[key] for key in sized)
+    fixed = sum(stage_seconds.values()) - variable
+    if not sized or variable <= 0:
+        return cfg, replace(choice, target_s=target_s)
+    scale = max(0.0, (target_s - fixed) / variable)
+    epochs = {key: max(1, math.floor(choice.filled[key] * scale)) for key in sized}
+    least = fixed + sum(per_epoch[key] for key in sized)
+    if least > target_s:
+        raise RepFusionError(f"time {target_s / 60:g} min is too short for this data on this machine: even one epoch "
+                             f"of each stage is estimated at {least / 60:.1f} min; give a longer --time, fewer "
+                             "--seeds, or smaller epoch counts by hand.")
+    out = cfg
+    for key, value in epochs.items():
+        section, _ = key.split(".")
+        out = replace(out, **{section: replace(getattr(out, section), epochs=value)})
+    return out, replace(choice, filled={**choice.filled, **epochs}, target_s=target_s)
+
+
+def budget_record(choice: BudgetChoice) -> dict:
+    return asdict(choice)

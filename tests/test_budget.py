@@ -1,0 +1,76 @@
+"""`pretrain`'s budgets and up-front estimate: what fills the epochs left null, and the time it says first."""
+
+from __future__ import annotations
+
+import pytest
+
+from repfusion.errors import RepFusionError
+from repfusion.pipeline import PretrainRun, StudentChoice, TeacherChoice
+from repfusion.pipeline.budget import BUDGETS, apply_budget, fit_to_time, parse_duration
+from repfusion.pipeline.estimate import StepTimes, stage_seconds
+from repfusion.pipeline.inspect import DataFacts
+
+
+def facts(images: int = 3000) -> DataFacts:
+    return DataFacts(layout="class sub-folders", labels="folders", train_images=images, test_images=500, classes=10,
+                     native_size=28, grayscale=True, image_size=32, size_reason="test")
+
+
+def test_the_auto_budget_on_a_cpu_is_smaller_than_on_a_gpu():
+    cpu, said_cpu = apply_budget(PretrainRun(), on_gpu=False)
+    gpu, said_gpu = apply_budget(PretrainRun(), on_gpu=True)
+    assert (said_cpu.name, said_gpu.name) == ("cpu", "gpu") and "auto" in said_cpu.reason
+    for section in ("teacher", "distill", "finetune"):
+        assert getattr(cpu, section).epochs < getattr(gpu, section).epochs
+    assert cpu.student.width < gpu.student.width
+    times = StepTimes(teacher_train=0.2, teacher_forward=0.05, student_train=0.1, student_forward=0.02, batch=128,
+                      finetune_batch=32)
+    cpu_s = sum(stage_seconds(cpu, facts(), times, True, True, 270)[0].values())
+    gpu_s = sum(stage_seconds(gpu, facts(), times, True, True, 270)[0].values())
+    assert cpu_s < gpu_s / 3  # the same step times: the CPU budget takes a fraction of the work
+
+
+def test_values_given_by_hand_are_kept_and_only_nulls_are_filled():
+    cfg = PretrainRun(teacher=TeacherChoice(epochs=3), student=StudentChoice(width=0.5), budget="gpu")
+    out, said = apply_budget(cfg, on_gpu=False)
+    assert out.teacher.epochs == 3 and out.student.width == 0.5
+    assert out.distill.epochs == BUDGETS["gpu"].distill_epochs and said.reason == "as asked"
+    assert set(said.filled) == {"distill.epochs", "finetune.epochs"}
+
+
+def test_an_external_student_keeps_its_own_width():
+    out, said = apply_budget(PretrainRun(student=StudentChoice(arch="timm:resnet18")), on_gpu=False)
+    assert out.student.width == 1.0  # timm / torchvision networks have no width multiplier
+
+
+@pytest.mark.parametrize("text, seconds", [("30min", 1800), ("1h", 3600), ("1h30min", 5400), ("90s", 90),
+                                           ("45", 2700), ("2 hours", 7200)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "30 parsecs", "10s", "-5min", "1h30"])
+def test_bad_durations_are_one_sentence(text):
+    with pytest.raises(RepFusionError, match="time"):
+        parse_duration(text)
+
+
+def test_a_time_target_scales_the_filled_epochs_to_fit():
+    cfg, said = apply_budget(PretrainRun(time="20min"), on_gpu=False)
+    times = StepTimes(teacher_train=0.2, teacher_forward=0.05, student_train=0.1, student_forward=0.02, batch=128,
+                      finetune_batch=32)
+    plan, per_epoch = stage_seconds(cfg, facts(), times, True, True, 270)
+    fitted, said = fit_to_time(cfg, said, plan, per_epoch, 1200)
+    after = sum(stage_seconds(fitted, facts(), times, True, True, 270)[0].values())
+    assert after <= 1200 < sum(plan.values()) or sum(plan.values()) <= 1200
+    assert after > 0.5 * 1200  # the time is used, not thrown away
+    assert said.target_s == 1200 and fitted.teacher.epochs == said.filled["teacher.epochs"]
+
+
+def test_a_time_target_too_short_for_one_epoch_is_refused():
+    cfg, said = apply_budget(PretrainRun(time="1min"), on_gpu=False)
+    times = StepTimes(teacher_train=2.0, teacher_forward=0.5, student_train=1.0, student_forward=0.2, batch=128,
+                      finetune_batch=32)
+    plan, per_epoch = stage_seconds(cfg, facts(30000), times, True, True, 2700)
+    with pytest.raises(RepFusionError, match="too short"):
+        fit_to_time(cfg, said, plan, per_epoch, 60)
