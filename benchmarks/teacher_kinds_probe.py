@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DiTPipeline, DiTTransformer2
 from repfusion.analysis.probe import ProbeConfig, run_probe
 from repfusion.data import DataConfig, build_split
 from repfusion.io import write_json, write_text
-from repfusion.teachers import DiffusionTeacher
+from repfusion.teachers import DiffusionTeacher, load_teacher
 from repfusion.teachers.adm import ADMFlags, random_adm
 
 
@@ -69,11 +69,11 @@ def teachers(root: Path) -> dict[str, tuple[DiffusionTeacher, list[str], str]]:
     leaky = DiffusionTeacher(unet, scheduler, "ADM flags (channel-scaled imagenet-64), dataset labels",
                              class_label="dataset")
     adm.kind = leaky.kind = "adm"
-    latent = DiffusionTeacher.from_source(str(latent_folder(root)))
-    dit = DiffusionTeacher.from_source(str(dit_folder(root)))
+    latent = load_teacher(str(latent_folder(root)))
+    dit = load_teacher(str(dit_folder(root)))
     latent.source, dit.source = "tiny latent pipeline folder", "tiny DiT pipeline folder"  # no temp paths in results
     return {
-        "unet": (DiffusionTeacher.from_source("tiny-16"), ["mid_block.resnets.1.conv2"], "preset tiny-16"),
+        "unet": (load_teacher("tiny-16"), ["mid_block.resnets.1.conv2"], "preset tiny-16"),
         "adm": (adm, ["down_blocks.1.attentions.0", "mid_block.resnets.1.conv2"],
                 "ADM architecture from flags (num_channels 32, channel_mult 1,2, new QKV order, scale-shift, "
                 "resblock up/down, 10 classes), class 0 for every image"),

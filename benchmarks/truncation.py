@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from repfusion.io import write_json, write_text
-from repfusion.teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher
+from repfusion.teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher, load_teacher
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.manual_seed(0)
-    teacher = DiffusionTeacher.from_source(args.teacher).to(args.device)
+    teacher = load_teacher(args.teacher).to(args.device)
     size = teacher.sample_size
     x = (torch.rand(args.batch, teacher.in_channels, size, size) * 2 - 1).to(args.device)
     t = torch.randint(0, teacher.num_timesteps, (args.batch,), device=args.device)

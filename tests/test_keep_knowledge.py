@@ -101,10 +101,10 @@ def test_the_in_loop_term_is_the_distillation_it_continues(distill_dirs):
 def test_the_random_teacher_is_rebuilt_with_its_own_seed(distill_dirs):
     _, random = distill_dirs
     term = in_loop_module(random).in_loop.term
-    from repfusion.teachers import DiffusionTeacher
+    from repfusion.teachers import load_teacher
 
-    same = DiffusionTeacher.from_source("tiny-16", init="random", init_seed=3)
-    other = DiffusionTeacher.from_source("tiny-16", init="random", init_seed=4)
+    same = load_teacher("tiny-16", init="random", init_seed=3)
+    other = load_teacher("tiny-16", init="random", init_seed=4)
     first = next(iter(term.teacher.unet.state_dict()))
     assert torch.equal(term.teacher.unet.state_dict()[first], same.unet.state_dict()[first])
     assert not torch.equal(term.teacher.unet.state_dict()[first], other.unet.state_dict()[first])
@@ -138,9 +138,9 @@ def test_bad_protocol_values_are_one_sentence():
 def test_cached_targets_equal_recomputed_ones_under_the_cached_augmentations(tiny_teacher_dir, dtype):
     """In float64 the cache equals a fresh teacher call to 1e-6; in float32 a batch of another size alone moves
     the UNet's output by ~2e-6 (a few ulps of values near 4), so there the bound is 1e-5."""
-    from repfusion.teachers import DiffusionTeacher
+    from repfusion.teachers import load_teacher
 
-    teacher = DiffusionTeacher.from_source(str(tiny_teacher_dir)).to(dtype)
+    teacher = load_teacher(str(tiny_teacher_dir)).to(dtype)
 
     def target(images01, _index=None):
         t = torch.zeros(len(images01), dtype=torch.long)

@@ -203,7 +203,7 @@ def test_teacher_folder_with_only_a_pickled_bin_says_it_is_pickled_and_refused(t
 
 
 def test_teacher_folder_with_a_plain_tensor_bin_still_loads(tmp_path):
-    from repfusion.teachers import DiffusionTeacher
+    from repfusion.teachers import load_teacher
 
     folder = _teacher_folder_with_bin(tmp_path / "teacher", None)
-    assert DiffusionTeacher.from_source(str(folder)).kind == "unet"
+    assert load_teacher(str(folder)).kind == "unet"

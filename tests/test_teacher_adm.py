@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 
 from repfusion.errors import RepFusionError
-from repfusion.teachers import ADM_PRESETS, ADMFlags, DiffusionTeacher, detect_kind
+from repfusion.teachers import ADM_PRESETS, ADMFlags, detect_kind, load_teacher
 from repfusion.teachers.adm import adm_scheduler, convert_state_dict, unet_config
 
 
@@ -156,7 +156,7 @@ def small_teacher(tmp_path, flags=SMALL, seed=0):
     path = tmp_path / "adm.pt"
     torch.save(state, path)
     flags_dict = {k: getattr(flags, k) for k in flags.__dataclass_fields__}
-    return DiffusionTeacher.from_source(str(path), adm_flags=flags_dict, class_label="dataset"), state
+    return load_teacher(str(path), adm_flags=flags_dict, class_label="dataset"), state
 
 
 # ---- tests ---------------------------------------------------------------------------------------------------
@@ -275,15 +275,15 @@ def test_fixed_class_and_no_null_class(tmp_path):
     state = random_state(SMALL)
     torch.save(state, tmp_path / "m.pt")
     flags = {k: getattr(SMALL, k) for k in SMALL.__dataclass_fields__}
-    fixed = DiffusionTeacher.from_source(str(tmp_path / "m.pt"), adm_flags=flags, class_label=3)
+    fixed = load_teacher(str(tmp_path / "m.pt"), adm_flags=flags, class_label=3)
     x, t = torch.rand(2, 3, 16, 16), torch.tensor([5, 5])
-    by_label = DiffusionTeacher.from_source(str(tmp_path / "m.pt"), adm_flags=flags, class_label="dataset")
+    by_label = load_teacher(str(tmp_path / "m.pt"), adm_flags=flags, class_label="dataset")
     layer = fixed.default_layer
     assert torch.equal(fixed(x, t)[layer], by_label(x, t, labels=torch.tensor([3, 3]))[layer])
     with pytest.raises(RepFusionError, match="no null"):
-        DiffusionTeacher.from_source(str(tmp_path / "m.pt"), adm_flags=flags, class_label="null")
+        load_teacher(str(tmp_path / "m.pt"), adm_flags=flags, class_label="null")
     with pytest.raises(RepFusionError, match="outside"):
-        DiffusionTeacher.from_source(str(tmp_path / "m.pt"), adm_flags=flags, class_label=7)
+        load_teacher(str(tmp_path / "m.pt"), adm_flags=flags, class_label=7)
 
 
 def test_cosine_schedule_is_adms():
@@ -303,15 +303,15 @@ def test_strict_loading_names_the_first_bad_key(tmp_path):
     del state["middle_block.1.qkv.bias"]
     torch.save(state, tmp_path / "missing.pt")
     with pytest.raises(RepFusionError, match="missing 'mid_block.attentions.0.to_q.bias'") as err:
-        DiffusionTeacher.from_source(str(tmp_path / "missing.pt"), adm_flags=flags)
+        load_teacher(str(tmp_path / "missing.pt"), adm_flags=flags)
     assert "\n" not in str(err.value)
     state = random_state(SMALL) | {"extra.weight": torch.zeros(1)}
     torch.save(state, tmp_path / "extra.pt")
     with pytest.raises(RepFusionError, match="unexpected 'extra.weight'"):
-        DiffusionTeacher.from_source(str(tmp_path / "extra.pt"), adm_flags=flags)
+        load_teacher(str(tmp_path / "extra.pt"), adm_flags=flags)
     torch.save(random_state(SMALL), tmp_path / "ok.pt")
     with pytest.raises(RepFusionError, match="does not match its model flags"):
-        DiffusionTeacher.from_source(str(tmp_path / "ok.pt"), adm_flags=flags | {"num_res_blocks": 2})
+        load_teacher(str(tmp_path / "ok.pt"), adm_flags=flags | {"num_res_blocks": 2})
 
 
 class _Payload:
@@ -326,14 +326,14 @@ def test_pickled_code_checkpoint_is_refused(tmp_path):
     marker = str(tmp_path / "pwned")
     torch.save({"time_embed.0.weight": torch.zeros(1), "payload": _Payload(marker)}, tmp_path / "evil.pt")
     with pytest.raises(RepFusionError, match="pickled code") as err:
-        DiffusionTeacher.from_source(str(tmp_path / "evil.pt"))
+        load_teacher(str(tmp_path / "evil.pt"))
     assert "\n" not in str(err.value)
     assert not os.path.exists(marker)
 
 
 def test_unknown_adm_preset_and_flag_name_closest():
     with pytest.raises(RepFusionError, match="imagenet-64"):
-        DiffusionTeacher.from_source("/nowhere/64x64_diffusion.pt", adm_flags="imagenet64")
+        load_teacher("/nowhere/64x64_diffusion.pt", adm_flags="imagenet64")
     from repfusion.teachers.adm import adm_flags
 
     with pytest.raises(RepFusionError, match="num_res_blocks"):
@@ -401,8 +401,8 @@ def test_string_flag_values_are_read_as_guided_diffusion_reads_them(tmp_path):
     assert adm_flags(as_strings) == legacy  # "False" was truthy: the legacy checkpoint loaded in the new order
     x, t, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([3, 500]), torch.tensor([1, 2])
     layer = "mid_block.resnets.1"
-    by_strings = DiffusionTeacher.from_source(str(tmp_path / "legacy.pt"), adm_flags=as_strings, class_label="dataset")
-    by_values = DiffusionTeacher.from_source(str(tmp_path / "legacy.pt"), adm_flags=dict(
+    by_strings = load_teacher(str(tmp_path / "legacy.pt"), adm_flags=as_strings, class_label="dataset")
+    by_values = load_teacher(str(tmp_path / "legacy.pt"), adm_flags=dict(
         (k, getattr(legacy, k)) for k in legacy.__dataclass_fields__), class_label="dataset")
     assert torch.equal(by_strings(x, t, [layer], labels=y)[layer], by_values(x, t, [layer], labels=y)[layer])
     assert adm_flags({"class_cond": "false", "dropout": "0.1", "num_channels": "64"}) == ADMFlags(
@@ -463,7 +463,7 @@ def test_layers_names_the_mid_block_output(tmp_path, capsys):
            "mid_block.resnets.1.conv2 is ADM's middle_block.2.out_layers.3" in out
     assert mid_block_note(["conv_in", "mid_block.resnets.0", "mid_block.resnets.1"], "unet").startswith(
         "\nmid block output: mid_block.resnets.1")
-    teacher = DiffusionTeacher.from_source(str(tmp_path / "adm.pt"), adm_flags=flags, class_label="dataset")
+    teacher = load_teacher(str(tmp_path / "adm.pt"), adm_flags=flags, class_label="dataset")
     with pytest.raises(RepFusionError) as err:  # the ADM teacher has no null class: do not suggest one
         teacher(torch.rand(1, 3, 16, 16), torch.tensor([1]), [teacher.default_layer])
     assert "null'" not in str(err.value) and "no null class" in str(err.value)

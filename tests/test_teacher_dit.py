@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DiTPipeline, DiTTransformer2
 
 from repfusion.cli import main
 from repfusion.errors import RepFusionError
-from repfusion.teachers import DiffusionTeacher, detect_kind
+from repfusion.teachers import detect_kind, load_teacher
 from repfusion.teachers.dit import DiTTeacher
 
 
@@ -28,7 +28,7 @@ def dit_dir(tmp_path_factory):
 def test_kind_classes_and_frozen(dit_dir):
     assert detect_kind(str(dit_dir)) == "dit"
     assert "transformer" in json.loads((dit_dir / "model_index.json").read_text())
-    teacher = DiffusionTeacher.from_source(str(dit_dir))
+    teacher = load_teacher(str(dit_dir))
     assert isinstance(teacher, DiTTeacher) and teacher.kind == "dit"
     assert (teacher.num_classes, teacher.null_class, teacher.class_label) == (10, 10, 10)  # auto = the null class
     assert (teacher.sample_size, teacher.default_layer) == (16, "transformer_blocks.1")
@@ -36,7 +36,7 @@ def test_kind_classes_and_frozen(dit_dir):
 
 
 def test_tokens_become_maps_and_truncation_is_exact(dit_dir):
-    teacher = DiffusionTeacher.from_source(str(dit_dir))
+    teacher = load_teacher(str(dit_dir))
     x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([0, 400])
     layers = ("transformer_blocks.0", "transformer_blocks.1")
     cut, full = teacher(x, t, layers), teacher(x, t, layers, truncate=False)
@@ -60,15 +60,15 @@ def test_tokens_become_maps_and_truncation_is_exact(dit_dir):
 def test_class_label_modes(dit_dir):
     x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([50, 50])
     layer = ("transformer_blocks.0",)
-    null = DiffusionTeacher.from_source(str(dit_dir))(x, t, layer)[layer[0]]
-    fixed = DiffusionTeacher.from_source(str(dit_dir), class_label=3)(x, t, layer)[layer[0]]
-    by_label = DiffusionTeacher.from_source(str(dit_dir), class_label="dataset")
+    null = load_teacher(str(dit_dir))(x, t, layer)[layer[0]]
+    fixed = load_teacher(str(dit_dir), class_label=3)(x, t, layer)[layer[0]]
+    by_label = load_teacher(str(dit_dir), class_label="dataset")
     assert torch.equal(fixed, by_label(x, t, layer, labels=torch.tensor([3, 3]))[layer[0]])
     assert not torch.allclose(null, fixed)
-    mapped = DiffusionTeacher.from_source(str(dit_dir), class_label="dataset", class_map=[3, 7])
+    mapped = load_teacher(str(dit_dir), class_label="dataset", class_map=[3, 7])
     assert torch.equal(fixed, mapped(x, t, layer, labels=torch.tensor([0, 0]))[layer[0]])
     with pytest.raises(RepFusionError, match="auto, dataset, null or a class index"):
-        DiffusionTeacher.from_source(str(dit_dir), class_label="cat")
+        load_teacher(str(dit_dir), class_label="cat")
 
 
 def test_layers_and_probe_cli(dit_dir, tmp_path, capsys):
@@ -107,14 +107,14 @@ def test_hub_id_of_a_dit_pipeline_is_found_by_its_model_index(dit_dir, monkeypat
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name, **k: str(dit_dir / name))
     monkeypatch.setattr(latent, "_where", lambda source: str(dit_dir))  # the download itself, stood in for
     assert detect_kind("facebook/dit-tiny") == "unet"  # nothing cached: no network wait before the UNet loader
-    teacher = DiffusionTeacher.from_source("facebook/dit-tiny")
+    teacher = load_teacher("facebook/dit-tiny")
     assert isinstance(teacher, DiTTeacher) and teacher.source == "facebook/dit-tiny"
 
 
 def test_pretrain_choice_candidates_are_middle_transformer_blocks(dit_dir):
     from repfusion.pipeline.choice import candidate_layers
 
-    teacher = DiffusionTeacher.from_source(str(dit_dir))
+    teacher = load_teacher(str(dit_dir))
     found = candidate_layers(teacher)
     assert found and all(n.startswith("transformer_blocks.") for n in found)
     assert set(found) <= {name for name, _, _ in teacher.layer_rows()}

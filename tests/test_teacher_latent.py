@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from repfusion.cli import main
 from repfusion.errors import RepFusionError
-from repfusion.teachers import DiffusionTeacher, detect_kind
+from repfusion.teachers import detect_kind, load_teacher
 from repfusion.teachers.latent import LatentTeacher
 
 LAYERS = ("down_blocks.0.attentions.0", "mid_block.resnets.1.conv2")
@@ -42,7 +42,7 @@ def ldm_dir(tmp_path_factory):
 
 def test_kind_load_and_frozen(ldm_dir, capsys):
     assert detect_kind(str(ldm_dir)) == "latent"
-    teacher = DiffusionTeacher.from_source(str(ldm_dir))
+    teacher = load_teacher(str(ldm_dir))
     assert "no text encoder" in capsys.readouterr().err  # zeros, said in one line
     assert isinstance(teacher, LatentTeacher) and teacher.kind == "latent"
     assert (teacher.sample_size, teacher.in_channels, teacher.num_timesteps) == (16, 3, 1000)
@@ -55,7 +55,7 @@ def test_kind_load_and_frozen(ldm_dir, capsys):
 
 
 def test_encoding_scaling_noise_and_truncation(ldm_dir):
-    teacher = DiffusionTeacher.from_source(str(ldm_dir))
+    teacher = load_teacher(str(ldm_dir))
     x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([0, 600])
     latents = teacher.encode(x)
     with torch.no_grad():
@@ -83,18 +83,18 @@ def test_unconditional_embedding_from_a_file(ldm_dir, tmp_path):
 
     embedding = torch.randn(7, 16)
     save_file({"embedding": embedding}, tmp_path / "uncond.safetensors")
-    teacher = DiffusionTeacher.from_source(str(ldm_dir), uncond_embedding=str(tmp_path / "uncond.safetensors"))
+    teacher = load_teacher(str(ldm_dir), uncond_embedding=str(tmp_path / "uncond.safetensors"))
     assert torch.equal(teacher.uncond, embedding[None])
     x, t = torch.rand(1, 3, 16, 16) * 2 - 1, torch.tensor([100])
-    zeros = DiffusionTeacher.from_source(str(ldm_dir))
+    zeros = load_teacher(str(ldm_dir))
     assert not torch.allclose(teacher(x, t, LAYERS[:1])[LAYERS[0]], zeros(x, t, LAYERS[:1])[LAYERS[0]])
     torch.save(torch.randn(7, 8), tmp_path / "wrong.pt")
     with pytest.raises(RepFusionError, match="cross_attention_dim"):
-        DiffusionTeacher.from_source(str(ldm_dir), uncond_embedding=str(tmp_path / "wrong.pt"))
+        load_teacher(str(ldm_dir), uncond_embedding=str(tmp_path / "wrong.pt"))
 
 
 def test_input_checks_and_folder_without_vae(ldm_dir, tmp_path):
-    teacher = DiffusionTeacher.from_source(str(ldm_dir))
+    teacher = load_teacher(str(ldm_dir))
     with pytest.raises(RepFusionError, match="multiples of 8"):
         teacher.check_input((1, 3, 12, 12))
     with pytest.raises(RepFusionError, match="trained on 16x16"):
@@ -103,11 +103,11 @@ def test_input_checks_and_folder_without_vae(ldm_dir, tmp_path):
 
     shutil.copytree(ldm_dir / "unet", tmp_path / "only" / "unet")
     with pytest.raises(RepFusionError, match="without its VAE") as err:
-        DiffusionTeacher.from_source(str(tmp_path / "only"))
+        load_teacher(str(tmp_path / "only"))
     assert "\n" not in str(err.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(RepFusionError, match="Cannot tell what kind of teacher"):
-        DiffusionTeacher.from_source(str(tmp_path / "empty"))
+        load_teacher(str(tmp_path / "empty"))
 
 
 def test_layers_cli_lists_the_latent_unet(ldm_dir, capsys):
@@ -132,6 +132,6 @@ def test_short_distillation_run(ldm_dir, tmp_path):
 def test_pretrain_choice_candidates_are_the_latent_unet_blocks(ldm_dir):
     from repfusion.pipeline.choice import candidate_layers
 
-    teacher = DiffusionTeacher.from_source(str(ldm_dir))
+    teacher = load_teacher(str(ldm_dir))
     found = candidate_layers(teacher)
     assert "mid_block" in found and set(found) <= {name for name, _, _ in teacher.layer_rows()}

@@ -1,7 +1,7 @@
 import torch
 
 from repfusion.cli import main
-from repfusion.teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher
+from repfusion.teachers import DEFAULT_TEACHER_LAYER, load_teacher
 
 FAST = ["--data.batch_size", "32", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
         "--trainer.progress", "false", "--samples", "4", "--sample_steps", "2"]
@@ -14,7 +14,7 @@ def test_teacher_trains_saves_and_loads_as_a_teacher(tmp_path):
     for name in ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"):
         assert (folder / name).exists()
     assert (run_dir / "samples.png").stat().st_size > 0
-    teacher = DiffusionTeacher.from_source(str(folder))
+    teacher = load_teacher(str(folder))
     out = teacher(torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([0, 10]))[DEFAULT_TEACHER_LAYER]
     assert out.shape == (2, 64, 8, 8)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from repfusion.errors import RepFusionError
-from repfusion.teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher, unet_from_preset
+from repfusion.teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher, load_teacher, unet_from_preset
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -24,7 +24,7 @@ def test_celebahq_preset_mid_block_width():
 
 
 def test_truncated_features_equal_full_forward_exactly():
-    teacher = DiffusionTeacher.from_source("ddpm-cifar10-32")
+    teacher = load_teacher("ddpm-cifar10-32")
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     t = torch.tensor([0, 10, 999])
     layers = ("down_blocks.1.attentions.0", DEFAULT_TEACHER_LAYER, "mid_block.resnets.1.nonlinearity")
@@ -35,7 +35,7 @@ def test_truncated_features_equal_full_forward_exactly():
 
 
 def test_truncation_skips_the_decoder():
-    teacher = DiffusionTeacher.from_source("tiny-16")
+    teacher = load_teacher("tiny-16")
     x, t = torch.zeros(2, 3, 16, 16), torch.zeros(2, dtype=torch.long)
     teacher(x, t)  # the first call traces the execution order once
     calls = []
@@ -47,7 +47,7 @@ def test_truncation_skips_the_decoder():
 
 
 def test_shared_activation_module_gives_its_last_call():
-    teacher = DiffusionTeacher.from_source("tiny-16")
+    teacher = load_teacher("tiny-16")
     x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([5, 500])
     a = teacher(x, t, ("mid_block.resnets.0.nonlinearity",))["mid_block.resnets.0.nonlinearity"]
     b = teacher(x, t, ("mid_block.resnets.0.nonlinearity",), truncate=False)["mid_block.resnets.0.nonlinearity"]
@@ -55,7 +55,7 @@ def test_shared_activation_module_gives_its_last_call():
 
 
 def test_clean_and_noised_modes():
-    teacher = DiffusionTeacher.from_source("tiny-16")
+    teacher = load_teacher("tiny-16")
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     t = torch.tensor([300, 300])
     noise = torch.randn_like(x)
@@ -69,14 +69,14 @@ def test_clean_and_noised_modes():
 
 
 def test_timestep_changes_clean_features():
-    teacher = DiffusionTeacher.from_source("tiny-16")
+    teacher = load_teacher("tiny-16")
     x = torch.rand(1, 3, 16, 16).repeat(2, 1, 1, 1)
     f = teacher(x, torch.tensor([0, 900]))[DEFAULT_TEACHER_LAYER]
     assert not torch.allclose(f[0], f[1])
 
 
 def test_teacher_is_frozen_and_out_of_state_dict():
-    teacher = DiffusionTeacher.from_source("tiny-16")
+    teacher = load_teacher("tiny-16")
     teacher.train()
     assert not teacher.unet.training
     assert all(not p.requires_grad for p in teacher.parameters())
@@ -90,8 +90,8 @@ def test_teacher_is_frozen_and_out_of_state_dict():
 
 
 def test_load_from_save_pretrained_folder(tiny_teacher_dir):
-    teacher = DiffusionTeacher.from_source(str(tiny_teacher_dir))
-    again = DiffusionTeacher.from_source(str(tiny_teacher_dir))
+    teacher = load_teacher(str(tiny_teacher_dir))
+    again = load_teacher(str(tiny_teacher_dir))
     x, t = torch.rand(2, 3, 16, 16), torch.tensor([0, 100])
     assert torch.equal(teacher(x, t)[DEFAULT_TEACHER_LAYER], again(x, t)[DEFAULT_TEACHER_LAYER])
     assert teacher.num_timesteps == 1000
@@ -110,12 +110,12 @@ def test_hub_id_goes_through_from_pretrained(monkeypatch):
 
     monkeypatch.setattr(UNet2DModel, "from_pretrained", fake)
     monkeypatch.setattr(DDPMScheduler, "from_pretrained", lambda source, **kwargs: default_scheduler())  # no network
-    DiffusionTeacher.from_source("google/ddpm-cifar10-32")
+    load_teacher("google/ddpm-cifar10-32")
     assert seen["source"] == "google/ddpm-cifar10-32"
 
 
 def test_unknown_layer_names_closest():
-    teacher = DiffusionTeacher.from_source("tiny-16")
+    teacher = load_teacher("tiny-16")
     with pytest.raises(RepFusionError, match="mid_block.resnets.1.conv2"):
         teacher(torch.zeros(1, 3, 16, 16), torch.zeros(1, dtype=torch.long), ("mid_block.resnet.1.conv2",))
 
@@ -123,12 +123,12 @@ def test_unknown_layer_names_closest():
 @pytest.mark.parametrize("source", ["no-such-preset", "./missing/folder"])
 def test_unknown_teacher_is_one_sentence(source):
     with pytest.raises(RepFusionError) as err:
-        DiffusionTeacher.from_source(source)
+        load_teacher(source)
     assert "\n" not in str(err.value)
 
 
 def test_input_checks():
-    teacher = DiffusionTeacher.from_source("tiny-16")
+    teacher = load_teacher("tiny-16")
     with pytest.raises(RepFusionError, match="3-channel"):
         teacher.check_input((1, 1, 16, 16))
     with pytest.raises(RepFusionError, match="multiples of 2"):

@@ -126,7 +126,7 @@ def check_trainer_values(cfg: Any, name: str = "trainer") -> None:
 
 
 def check_data_values(cfg: Any, name: str = "data") -> None:
-    """Normalisation and split seed (the rest is config.check_data_config and DataConfig itself)."""
+    """Normalisation and split seed (the rest is check_data_config and DataConfig itself)."""
     for key in ("mean", "std"):
         values = getattr(cfg, key)
         if len(values) != 3 or not all(_number(v) for v in values):
@@ -157,10 +157,25 @@ def check_timesteps_values(cfg: Any, name: str = "timesteps") -> None:
         raise RepFusionError(f"{name}.baseline_momentum must be in [0, 1), not {cfg.baseline_momentum}.")
 
 
+def check_data_config(cfg: Any, name: str = "data") -> None:
+    if cfg.batch_size < 1:
+        raise RepFusionError(f"{name}.batch_size must be at least 1, not {cfg.batch_size}.")
+    if cfg.train_limit is not None and cfg.train_limit < 1:
+        raise RepFusionError(f"{name}.train_limit must be at least 1 image (or null for all), not {cfg.train_limit}.")
+    if not 0 <= cfg.val_fraction < 1:
+        raise RepFusionError(f"{name}.val_fraction must be in [0, 1) (0 validates on the test split), "
+                             f"not {cfg.val_fraction}.")
+    if cfg.num_workers < 0:
+        raise RepFusionError(f"{name}.num_workers must be 0 or more, not {cfg.num_workers}.")
+    if cfg.image_size is not None and cfg.image_size < 1:
+        raise RepFusionError(f"{name}.image_size must be at least 1 pixel (or null), not {cfg.image_size}.")
+    if cfg.crop_padding < 0:
+        raise RepFusionError(f"{name}.crop_padding must be 0 or more, not {cfg.crop_padding}.")
+
+
 def check_run_config(config: Any) -> None:
     """Every optimiser, Trainer, data and timestep section of a parsed run config (a dataclass of sections),
     and a distillation loss's weight."""
-    from .config import check_data_config
     from .data.datamodule import DataConfig
     from .training import OptimConfig, TrainerConfig, check_trainer_config
 

@@ -165,7 +165,7 @@ def _teacher_options(args: argparse.Namespace) -> dict:
 def _probe(argv: list[str]) -> None:
     from .analysis.probe import ProbeConfig, run_probe
     from .data import train_test_split
-    from .teachers import DiffusionTeacher
+    from .teachers import load_teacher
 
     parser = argparse.ArgumentParser(prog="repfusion probe", description="What a teacher knows at each t (linear "
                                      "probe, effective rank, variance explained by t), or a frozen student's "
@@ -204,7 +204,7 @@ def _probe(argv: list[str]) -> None:
     if args.student_layer is not None:
         raise RepFusionError("--student.layer names a student's layer; a teacher's layers are --teacher.layer.")
     out = args.out or "runs/probe"
-    teacher = DiffusionTeacher.from_source(args.teacher, **_teacher_options(args))
+    teacher = load_teacher(args.teacher, **_teacher_options(args))
     layers = args.teacher_layer or getattr(args, "layer", None) or [teacher.default_layer]
     data = _probe_data(args, args.image_size or teacher.sample_size)
     train, test = train_test_split(data)  # a folder without split sub-folders: the training verbs' hold-out
@@ -234,7 +234,7 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 def _probe_data(args: argparse.Namespace, image_size: int | None, run: dict | None = None):
     """The probe's data section: the training verbs' defaults, so a single folder's hold-out is theirs; a
     student run's own data (source, root, size, labels, split) when no --data.source is given."""
-    from .config import check_data_config
+    from .checks import check_data_config
     from .data import DataConfig
 
     defaults = DataConfig()

@@ -189,22 +189,6 @@ def check_values(config: Any) -> None:
     check_run_config(config)
 
 
-def check_data_config(cfg: Any, name: str = "data") -> None:
-    if cfg.batch_size < 1:
-        raise RepFusionError(f"{name}.batch_size must be at least 1, not {cfg.batch_size}.")
-    if cfg.train_limit is not None and cfg.train_limit < 1:
-        raise RepFusionError(f"{name}.train_limit must be at least 1 image (or null for all), not {cfg.train_limit}.")
-    if not 0 <= cfg.val_fraction < 1:
-        raise RepFusionError(f"{name}.val_fraction must be in [0, 1) (0 validates on the test split), "
-                             f"not {cfg.val_fraction}.")
-    if cfg.num_workers < 0:
-        raise RepFusionError(f"{name}.num_workers must be 0 or more, not {cfg.num_workers}.")
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise RepFusionError(f"{name}.image_size must be at least 1 pixel (or null), not {cfg.image_size}.")
-    if cfg.crop_padding < 0:
-        raise RepFusionError(f"{name}.crop_padding must be 0 or more, not {cfg.crop_padding}.")
-
-
 # What a resumed run may change: how and where it runs, how long, how much it reports; not what it trains.
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.progress", "trainer.devices",
                      "trainer.num_nodes", "trainer.strategy", "trainer.accelerator", "trainer.log_every_n_steps",

@@ -38,11 +38,11 @@ def mid_block_note(names: list[str], kind: str) -> str:
 
 def list_layers(teacher: str | None = None, student: str | None = None, image_size: int | None = None,
                 width: float = 1.0, teacher_options: dict | None = None) -> str:
-    """The table `repfusion layers` prints; `teacher_options` go to `DiffusionTeacher.from_source`."""
+    """The table `repfusion layers` prints; `teacher_options` go to `load_teacher`."""
     if teacher is not None:
-        from .teachers import DiffusionTeacher
+        from .teachers import load_teacher
 
-        t = DiffusionTeacher.from_source(teacher, image_size=image_size, **(teacher_options or {}))
+        t = load_teacher(teacher, image_size=image_size, **(teacher_options or {}))
         size = image_size or t.sample_size
         rows = t.layer_rows(size)
         header = (f"teacher {teacher} ({t.kind}) at {size}x{size}, {t.num_timesteps} timesteps; "

@@ -19,7 +19,7 @@ from ..errors import RepFusionError
 from ..features import layer_output, resolve_modules
 from ..io import replace_dir, save_tensors, staging_dir, write_json
 from ..students import build_student, check_given_student
-from ..teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher
+from ..teachers import DEFAULT_TEACHER_LAYER, load_teacher
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
 from .losses import build_loss
 from .module import Distillation
@@ -127,7 +127,7 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule, student: nn
     """
     if cfg.teacher.noise_mode not in ("clean", "noised"):
         raise RepFusionError(f"teacher.noise_mode must be 'clean' or 'noised', not '{cfg.teacher.noise_mode}'.")
-    teacher = DiffusionTeacher.from_source(cfg.teacher.source, class_label=cfg.teacher.class_label,
+    teacher = load_teacher(cfg.teacher.source, class_label=cfg.teacher.class_label,
                                            class_map=cfg.teacher.class_map, adm_flags=cfg.teacher.adm_flags,
                                            uncond_embedding=cfg.teacher.uncond_embedding, init=cfg.teacher.init,
                                            init_seed=cfg.trainer.seed if cfg.teacher.init_seed is None
@@ -225,8 +225,7 @@ def run_distillation(cfg: DistillRun, run_dir: Path, resume: bool = False,
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         steps = trainer.global_step
     out = run_dir / "student"
-    if trainer.is_global_zero:
-        export_student(module, cfg, out, steps, image_size=datamodule.sample_shape()[1])
+    if trainer.is_global_zero:  # records and plots first: the exported student/ marks the run finished
         write_json(run_dir / "timesteps.json", {"bins": len(module.t_history[0]) if module.t_history else 0,
                                                  "num_timesteps": module.teacher.num_timesteps,
                                                  "history": module.t_history})
@@ -234,4 +233,5 @@ def run_distillation(cfg: DistillRun, run_dir: Path, resume: bool = False,
         plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
                     ["train/distill", "train/head_loss", "train/head_acc", "train/entropy", "train/t_mean"],
                     title=f"distillation ({cfg.loss.name}, {cfg.timesteps.strategy})")
+        export_student(module, cfg, out, steps, image_size=datamodule.sample_shape()[1])
     return out

@@ -33,6 +33,7 @@ from ..students import check_student
 from ..tasks.finetune import FinetuneRun, ModelSection
 from ..tasks.teacher_in_loop import TeacherInLoopSection
 from ..teachers import DiffusionTeacher
+from ..teachers import load_teacher as teacher_from_source
 from ..teachers.train import TeacherRun, train_teacher
 from ..training import OptimConfig
 from .choice import Choice, check_choice, choose, read_choice
@@ -104,7 +105,7 @@ def settings(cfg: PretrainRun) -> dict[str, Any]:
 
 
 def load_teacher(cfg: PretrainRun, source: str, init: str = "pretrained") -> DiffusionTeacher:
-    return DiffusionTeacher.from_source(source, class_label=cfg.teacher.class_label, adm_flags=cfg.teacher.adm_flags,
+    return teacher_from_source(source, class_label=cfg.teacher.class_label, adm_flags=cfg.teacher.adm_flags,
                                         uncond_embedding=cfg.teacher.uncond_embedding, init=init, init_seed=0)
 
 

@@ -24,6 +24,8 @@ from .teacher_in_loop import TeacherInLoop, build_in_loop
 if TYPE_CHECKING:
     from .finetune import FinetuneRun
 
+DEFAULT_ARCH = "resnet18_cifar"  # the network when neither --init nor --student.arch names one
+
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection({
@@ -223,7 +225,7 @@ def build_classification(cfg: FinetuneRun, datamodule: ImageDataModule,
     """student: a built student (e.g. `ModuleStudent`) instead of `cfg.student`; `cfg.init` still loads into it."""
     channels, height, _ = datamodule.sample_shape()
     if student is None:
-        arch, width = resolve_architecture(cfg.init, cfg.student, "resnet18_cifar")
+        arch, width = resolve_architecture(cfg.init, cfg.student, DEFAULT_ARCH)
         model = build_student(arch, width, num_classes=datamodule.num_classes, in_channels=channels)
     else:
         model = given_classifier(student, cfg.init, datamodule.num_classes, channels)

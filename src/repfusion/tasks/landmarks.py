@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from ..data import ImageDataModule
     from .finetune import FinetuneRun
 
+DEFAULT_ARCH = "resnet50"  # the network when neither --init nor --student.arch names one
+
 
 @dataclass
 class LandmarkSection:
@@ -213,10 +215,8 @@ def dataset_layout(datamodule: ImageDataModule) -> tuple[int, tuple[tuple[int, i
 
 def build_landmarks(cfg: FinetuneRun, datamodule: ImageDataModule) -> Landmarks:
     """LandmarkNet on `cfg.student`'s backbone (or the init's), the backbone loaded strictly from `cfg.init`."""
-    from .registry import TASKS
-
     channels, height, _ = datamodule.sample_shape()
-    arch, width = resolve_architecture(cfg.init, cfg.student, TASKS.get("landmarks").default_arch)
+    arch, width = resolve_architecture(cfg.init, cfg.student, DEFAULT_ARCH)
     num_keypoints, flip_pairs = dataset_layout(datamodule)
     section = getattr(cfg, "landmarks", None) or LandmarkSection()
     network = LandmarkNet(arch, width, num_keypoints, channels, deconv_layers=section.deconv_layers)

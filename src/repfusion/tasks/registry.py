@@ -21,13 +21,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """`needs`: the target key every batch must carry (None: integer class labels)."""
+    """`needs`: the target key every batch must carry (None: integer class labels). Each task's default network
+    is its builder module's `DEFAULT_ARCH`, so a builder never reads the registry back."""
 
     name: str
     builder: str  # "module:function" inside repfusion.tasks, imported on use so the registry stays light
     monitor: str
     mode: str
-    default_arch: str
     curves: tuple[str, ...]
     needs: str | None
 
@@ -40,11 +40,9 @@ class TaskSpec:
 
 TASKS: Registry[TaskSpec] = Registry("task")
 for _spec in (
-    TaskSpec("classification", "classification:build_classification", "val/top1", "max", "resnet18_cifar",
+    TaskSpec("classification", "classification:build_classification", "val/top1", "max",
              ("train/loss", "train/top1", "val/top1"), None),
-    TaskSpec("segmentation", "segmentation:build_segmentation", "val/miou", "max", "resnet18",
-             ("train/loss", "val/miou"), "mask"),
-    TaskSpec("landmarks", "landmarks:build_landmarks", "val/nme", "min", "resnet50",
-             ("train/loss", "val/nme"), "keypoints"),
+    TaskSpec("segmentation", "segmentation:build_segmentation", "val/miou", "max", ("train/loss", "val/miou"), "mask"),
+    TaskSpec("landmarks", "landmarks:build_landmarks", "val/nme", "min", ("train/loss", "val/nme"), "keypoints"),
 ):
     TASKS.register(_spec, name=_spec.name)

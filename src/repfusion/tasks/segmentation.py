@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from ..data import ImageDataModule
     from .finetune import FinetuneRun
 
+DEFAULT_ARCH = "resnet18"  # the network when neither --init nor --student.arch names one
+
 
 @dataclass
 class SegmentationSection:
@@ -205,10 +207,8 @@ def dataset_classes(datamodule: ImageDataModule) -> list[str]:
 
 def build_segmentation(cfg: FinetuneRun, datamodule: ImageDataModule) -> Segmentation:
     """BiSeNetV1 on `cfg.student`'s ResNet (or the init's), the backbone loaded strictly from `cfg.init`."""
-    from .registry import TASKS
-
     channels, height, _ = datamodule.sample_shape()
-    arch, width = resolve_architecture(cfg.init, cfg.student, TASKS.get("segmentation").default_arch)
+    arch, width = resolve_architecture(cfg.init, cfg.student, DEFAULT_ARCH)
     classes = dataset_classes(datamodule)
     network = BiSeNetV1(arch, width, num_classes=len(classes), in_channels=channels)
     init_backbone(network.backbone, cfg.init)

@@ -111,7 +111,7 @@ def _head_state(folder: Path) -> dict[str, torch.Tensor]:
 def build_in_loop(init: str | None, student: nn.Module, student_layer: str, section: TeacherInLoopSection,
                   sample_shape: tuple[int, int, int]) -> InLoopDistillation:
     """The init run's own distillation term, checked against the fine-tuned network's feature shape."""
-    from ..teachers import DiffusionTeacher
+    from ..teachers import load_teacher
 
     folder = find_export(init, ("student",)) if init else None
     if folder is None or not (folder / "distillation.json").is_file():
@@ -131,7 +131,7 @@ def build_in_loop(init: str | None, student: nn.Module, student_layer: str, sect
     if teacher_cfg.get("init") == "random" and init_seed is None:
         raise RepFusionError(f"{folder / 'distillation.json'} names a random teacher without its seed; distil again "
                              "with this version so the same random teacher can be rebuilt.")
-    teacher = DiffusionTeacher.from_source(teacher_cfg["source"], class_label=teacher_cfg.get("class_label", "auto"),
+    teacher = load_teacher(teacher_cfg["source"], class_label=teacher_cfg.get("class_label", "auto"),
                                            class_map=teacher_cfg.get("class_map"),
                                            adm_flags=teacher_cfg.get("adm_flags", "imagenet-64"),
                                            uncond_embedding=teacher_cfg.get("uncond_embedding"),

@@ -49,13 +49,6 @@ class DiffusionTeacher(nn.Module):
         self._register_state_dict_hook(_drop_frozen_keys)
         self._register_load_state_dict_pre_hook(self._refill_frozen_keys)
 
-    @classmethod
-    def from_source(cls, source: str, image_size: int | None = None, **options) -> DiffusionTeacher:
-        """Any teacher kind (preset, folder, pipeline folder, hub id, ADM file); see `repfusion.teachers.kinds`."""
-        from .kinds import load_teacher
-
-        return load_teacher(source, image_size, **options)
-
     @property
     def num_timesteps(self) -> int:
         return int(self.scheduler.config.num_train_timesteps)
