@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from repfusion.cli import main
 from repfusion.data.augment import Normalize
 from repfusion.data.datasets import read_image
 from repfusion.run_backbone import PooledBackbone, load_run_backbone
+from repfusion.students import build_student
+from repfusion.torchvision_keys import load_timm_folder
 
 FAST = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
         "--trainer.progress", "false", "--data.batch_size", "16", "--student.width", "0.125"]
@@ -104,6 +107,53 @@ def test_onnx_export_computes_the_backbone_features_at_any_batch_size(distill_ru
     got = ReferenceEvaluator(model).run(None, {"images": x.numpy()})[0]
     assert got.shape == (3, 64) and np.allclose(got, want, atol=1e-4)
     assert [p.name for p in tmp_path.iterdir()] == ["backbone.onnx"]
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    """A finetune run's model/ as it exports a classifier (backbone + fc head), with the run's config.yaml."""
+    run_dir = tmp_path_factory.mktemp("classifier") / "run"
+    torch.manual_seed(0)
+    build_student("resnet18_cifar", 0.125, num_classes=10).save_pretrained(run_dir / "model", safe_serialization=True)
+    (run_dir / "config.yaml").write_text("data:\n  image_size: 16\n  mean: [0.4, 0.5, 0.6]\n  std: [0.2, 0.3, 0.4]\n")
+    return run_dir
+
+
+def test_distill_export_has_a_timm_folder_that_reloads_the_same_backbone(distill_run):
+    run = load_run_backbone(distill_run)
+    config = json.loads((distill_run / "student" / "timm" / "config.json").read_text())
+    assert config["pretrained_cfg"]["input_size"] == [3, 16, 16] and config["pretrained_cfg"]["mean"] == list(run.mean)
+    assert config["num_features"] == run.backbone.feature_channels == 64 and config["num_classes"] == 0
+    again = load_timm_folder(distill_run / "student" / "timm")
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert (again(x) - run.backbone.eval()(x)).abs().max().item() == 0.0
+
+
+@pytest.mark.skipif(not onnx_installed, reason="the optional onnx extra (onnx, onnxscript) is not installed")
+def test_onnx_export_of_the_classifier_gives_its_logits(classifier_run, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    assert main(["export", str(classifier_run), "--format", "onnx", "--head"]) == 0
+    model = onnx.load(str(classifier_run / "model" / "classifier.onnx"))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["num_classes"] == "10" and meta["mean"] == "[0.4, 0.5, 0.6]" and "logits" in meta["output"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    run = load_run_backbone(classifier_run)
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        want = run.network.eval()(x).numpy()
+    got = ReferenceEvaluator(model).run(None, {"images": x.numpy()})[0]
+    assert got.shape == (3, 10) and np.allclose(got, want, atol=1e-4)
+
+
+def test_head_export_needs_a_classifier(distill_run, classifier_run, tmp_path, capsys):
+    assert main(["export", str(distill_run), "--format", "timm", "--head", "--out", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "without a classifier head" in err and err.count("\n") == 0 and not (tmp_path / "t").exists()
+    assert main(["export", str(classifier_run), "--format", "timm", "--head", "--out", str(tmp_path / "t")]) == 0
+    assert load_timm_folder(tmp_path / "t").fc.out_features == 10
 
 
 def test_onnx_export_without_the_extra_says_how_to_install_it(distill_run, tmp_path, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """Issue 18, item 4: `--trainer.logger` takes csv, tensorboard, wandb, mlflow (Lightning's loggers), TensorBoard
 is on by default when installed, metrics.csv always stays, and TensorBoard shows metrics.csv's names and rows,
-a resume included, plus the distillation's timestep histogram."""
+a resume included, plus the distillation's timestep histogram (issue 25, item 6: counts of draws, at the
+optimiser step)."""
 
 import csv
 import sys
@@ -149,9 +150,38 @@ def test_tensorboard_shows_metrics_csv_and_the_timestep_histogram_across_a_resum
     events = assert_tensorboard_shows_metrics_csv(run_dir)
     assert {"train/entropy", "train/t_mean"} <= set(csv_series(run_dir))
     histograms = events.Histograms("train/t")
-    assert [h.step for h in histograms] == [0, 1]  # one per epoch (its step: the epoch)
-    for h in histograms:
-        assert len(h.histogram_value.bucket) == 20 and sum(h.histogram_value.bucket) == pytest.approx(1.0)
+    # one per epoch, at the optimiser step of that epoch's train/ rows (3 steps an epoch: steps 2 and 5)
+    assert [h.step for h in histograms] == [step for step, _ in csv_series(run_dir)["train/t_mean"]] == [2, 5]
+    for h in histograms:  # counts of draws: 3 batches of 16 images, one t each
+        buckets = h.histogram_value.bucket
+        assert len(buckets) == 20 and all(n == int(n) for n in buckets) and sum(buckets) == 3 * 16
+        assert h.histogram_value.num == 3 * 16
+
+
+def test_an_older_checkpoint_without_counts_replays_its_shares_at_the_epochs_steps(tmp_path):
+    """A checkpoint written before the counts were kept (t_history only) still loads; its epochs come back as
+    their shares, at the step each epoch ended, and epochs trained after it get counts."""
+    pytest.importorskip("tensorboard")
+    from types import SimpleNamespace
+
+    import torch
+
+    from repfusion.distill.module import Distillation
+
+    module = SimpleNamespace(global_rank=0, teacher=SimpleNamespace(num_timesteps=1000))
+    shares = [[0.05] * 20, [0.1] * 10 + [0.0] * 10]
+    Distillation.on_load_checkpoint(module, {"t_history": shares, "t_counts": torch.zeros(20)})
+    assert module.t_draws == shares and module.t_steps == [-1, -1]
+    module.t_draws.append([3.0] * 16 + [0.0] * 4)  # an epoch trained after the resume (on_train_epoch_end)
+    module.t_steps.append(8)
+    logger = TensorBoardLogger(save_dir=tmp_path, name="tensorboard", version="")
+    module.trainer = SimpleNamespace(num_training_batches=3, accumulate_grad_batches=1, global_step=6,
+                                     is_global_zero=True, loggers=[logger])
+    Distillation.replay_summaries(module)
+    logger.experiment.flush()
+    histograms = tensorboard_events(tmp_path).Histograms("train/t")
+    assert [h.step for h in histograms] == [2, 5, 8]
+    assert [sum(h.histogram_value.bucket) for h in histograms] == pytest.approx([1.0, 1.0, 48.0])
 
 
 def test_a_resume_may_change_the_loggers(tmp_path, capsys):

@@ -210,7 +210,7 @@ def test_the_one_command_needs_only_the_folder(capsys):
 
     parser = config_parser("repfusion pretrain", PretrainRun, "")
     cfg = parse_config(parser, PretrainRun, ["--data.root", "photos"]).config
-    assert (cfg.distill.epochs, cfg.finetune.epochs, cfg.seeds) == (30, 50, 3)
+    assert (cfg.distill.epochs, cfg.finetune.epochs, cfg.seeds, cfg.budget) == (None, None, 3, "auto")  # the budget fills them
     assert cfg.data.source == "folder" and cfg.data.labels == "auto" and cfg.teacher.source is None
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])

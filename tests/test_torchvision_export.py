@@ -6,6 +6,7 @@ its own source (torchvision/models/resnet.py, mobilenetv2.py): module names, sha
 last 1x1 conv as Conv2dNormActivation (a Sequential of conv, BatchNorm, ReLU6), and the 1000-class heads.
 """
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,8 @@ from torch import nn
 from repfusion.cli import main
 from repfusion.students import build_student
 from repfusion.tasks.heads.bisenet import BiSeNetV1
-from repfusion.torchvision_keys import torchvision_layout, write_torchvision_weights
+from repfusion.torchvision_keys import (load_timm_folder, torchvision_layout, write_timm_folder,
+                                       write_torchvision_weights)
 
 
 def conv_norm_act(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -210,3 +212,57 @@ def test_library_students_keep_their_library_names_and_module_students_get_no_fi
         assert fact["file"] == file and sorted(load_file(str(tmp_path / file))) == ["layer1.bias", "layer1.weight"]
     fact = write_torchvision_weights(NamedStudent("module:MyNet"), tmp_path / "m")
     assert fact["file"] is None and "Python API" in fact["reason"] and not (tmp_path / "m").exists()
+
+
+def test_timm_folder_of_a_width_one_resnet_is_timms_layout_and_reloads_exactly(tmp_path):
+    classifier = build_student("resnet18", 1.0, num_classes=10).eval()
+    fact = write_timm_folder(classifier, tmp_path / "timm", 64, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
+    assert fact == {"folder": "timm", "architecture": "resnet18", "timm_loadable": True, "num_classes": 10,
+                    "reason": None}
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert config["architecture"] == "resnet18" and config["num_classes"] == 10 and config["num_features"] == 512
+    assert config["pretrained_cfg"].items() >= {"input_size": [3, 64, 64], "mean": [0.4, 0.5, 0.6],
+                                             "std": [0.2, 0.25, 0.3], "interpolation": "bilinear", "crop_pct": 1.0,
+                                             "num_classes": 10, "first_conv": "conv1", "classifier": "fc"}.items()
+    reference = TvResNet(TvBasicBlock, [2, 2, 2, 2], num_classes=10)  # timm's resnet18 keys are torchvision's
+    assert load_into(reference, tmp_path / "timm" / "model.safetensors") == ([], [])  # head included, strict fit
+    again = load_timm_folder(tmp_path / "timm")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again(x), classifier(x))  # difference 0
+    assert all(torch.equal(v, classifier.state_dict()[k]) for k, v in again.state_dict().items())
+
+
+@pytest.mark.parametrize("arch,width", [("resnet18_cifar", 0.125), ("mobilenetv2_cifar", 0.25), ("hrnetv2_w18", 0.25)])
+def test_timm_folder_of_other_layouts_says_timm_cannot_build_it_and_repfusion_reloads_it(arch, width, tmp_path):
+    student = build_student(arch, width).eval()
+    fact = write_timm_folder(student, tmp_path / "timm", 32, [0.5] * 3, [0.5] * 3)
+    assert fact["timm_loadable"] is False and "timm builds no" in fact["reason"] and fact["num_classes"] == 0
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert config["architecture"] == arch and config["repfusion"]["width"] == width
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_timm_folder(tmp_path / "timm")(x), student(x))
+
+
+def test_timm_folder_of_a_segmentation_network_is_its_backbone_and_module_students_get_none(tmp_path):
+    segmenter = BiSeNetV1(arch="resnet18", width=1.0, num_classes=3).eval()
+    fact = write_timm_folder(segmenter, tmp_path / "seg", 64, [0.5] * 3, [0.5] * 3)
+    assert fact["num_classes"] == 0 and sorted(load_file(str(tmp_path / "seg" / "model.safetensors"))) == \
+        sorted(segmenter.backbone.state_dict())
+    fact = write_timm_folder(NamedStudent("module:MyNet"), tmp_path / "m", 32, [0.5] * 3, [0.5] * 3)
+    assert fact["folder"] is None and "Python API" in fact["reason"] and not (tmp_path / "m").exists()
+
+
+def test_export_verb_writes_the_timm_folder_of_an_existing_run(tmp_path, capsys):
+    build_student("resnet18_cifar", 0.125, num_classes=10).save_pretrained(tmp_path / "run" / "model",
+                                                                           safe_serialization=True)
+    assert main(["export", str(tmp_path / "run"), "--format", "timm"]) == 0
+    assert "timm's Hub layout" in capsys.readouterr().out
+    again = load_timm_folder(tmp_path / "run" / "model" / "timm")
+    assert again.fc.out_features == 10
+    (tmp_path / "file").write_text("x")
+    assert main(["export", str(tmp_path / "run"), "--format", "timm", "--out", str(tmp_path / "file")]) == 1
+    assert "writes a folder" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), "--format", "torchvision", "--head"]) == 1
+    assert "--format onnx --head" in capsys.readouterr().err

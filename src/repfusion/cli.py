@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import RepFusionError
+from .extras import vision_guard
 from .flags import add_flag, add_old, boolean, three_floats
 
 
@@ -353,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verb, rest = argv[0], argv[1:]
     try:
-        VERBS[verb][0](rest)
+        with vision_guard():  # a torchvision built for another torch breaks Lightning's import: one sentence
+            VERBS[verb][0](rest)
     except RepFusionError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 1

@@ -1,11 +1,16 @@
-"""`repfusion export RUN --format onnx|torchvision|safetensors [--out FILE]`: a run's backbone for other tools.
+"""`repfusion export RUN --format onnx|torchvision|safetensors|timm [--head] [--out PATH]`: a run's network for
+other tools.
 
 onnx: the backbone as a graph from normalised images (`images`, B x 3 x S x S, batch dynamic) to pooled
-features (`features`, B x C), with `torch.onnx.export` (which needs the optional `onnx` and `onnxscript`
-packages: `pip install repfusion[onnx]`); the pixel mean/std it expects go into the file's metadata.
+features (`features`, B x C), or with `--head` the fine-tuned classifier to its class logits (`logits`,
+B x K), with `torch.onnx.export` (which needs the optional `onnx` and `onnxscript` packages: `pip install
+repfusion[onnx]`); the pixel mean/std it expects go into the file's metadata.
 torchvision / safetensors: the backbone's state dict under torchvision's key names (`torchvision_keys`),
 for a run exported before distill and finetune wrote it themselves; refused, in one sentence, where the
 architecture does not match torchvision's.
+timm: the timm/Hub-style folder (`model.safetensors` + `config.json` with `pretrained_cfg`) of what the
+export holds, a fine-tuned classifier with its head (`torchvision_keys.write_timm_folder`), for a run
+exported before distill and finetune wrote `timm/` themselves.
 """
 
 from __future__ import annotations
@@ -19,11 +24,25 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from torch import nn
+
 from .errors import RepFusionError
 from .run_backbone import PooledBackbone, RunBackbone, load_run_backbone
 
-FORMATS = ("onnx", "torchvision", "safetensors")
+FORMATS = ("onnx", "torchvision", "safetensors", "timm")
 ONNX_PACKAGES = ("onnx", "onnxscript")
+
+
+def classifier_of(run: RunBackbone) -> nn.Module:
+    """The fine-tuned classifier (backbone + `fc` head) a finetune run exported; one sentence otherwise."""
+    fc = getattr(run.network, "fc", None)
+    if isinstance(fc, nn.Linear):
+        return run.network
+    if run.network is not run.backbone:
+        raise RepFusionError(f"{run.folder} holds a {type(run.network).__name__} (a fine-tuned segmentation or "
+                             "landmark network), whose head is not a classifier; export its backbone without --head.")
+    raise RepFusionError(f"{run.folder} holds a backbone without a classifier head (a distill export); --head needs "
+                         "a finetune run of the classification task (its model/ folder).")
 
 
 def check_onnx_available() -> None:
@@ -33,26 +52,31 @@ def check_onnx_available() -> None:
                              "pip install repfusion[onnx] (or pip install onnx onnxscript).")
 
 
-def export_onnx(run: RunBackbone, out: Path, image_size: int, opset: int | None = None) -> Path:
-    """Write the pooled backbone to `out` (atomically) and check the file with onnx's checker."""
+def export_onnx(run: RunBackbone, out: Path, image_size: int, opset: int | None = None, head: bool = False) -> Path:
+    """Write the pooled backbone (or, with `head`, the classifier's logits) to `out` (atomically) and check
+    the file with onnx's checker."""
     import onnx
     import torch
 
     from .io import atomic_write
 
-    model = PooledBackbone(run.backbone).eval()
+    model = (classifier_of(run) if head else PooledBackbone(run.backbone)).eval()
+    output = "logits" if head else "features"
     channels = int(getattr(run.backbone.config, "in_channels", 3))
     example = torch.zeros(2, channels, image_size, image_size)
+    extra = [("num_classes", run.network.fc.out_features)] if head else []
 
     def write(tmp: str) -> None:
         batch = torch.export.Dim("batch", min=1)
-        program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["features"],
-                                    dynamic_shapes={"images": {0: batch}}, opset_version=opset, dynamo=True,
+        program = torch.onnx.export(model, (example,), input_names=["images"], output_names=[output],
+                                    dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
                                     verbose=False)
         proto = program.model_proto
         for key, value in (("repfusion_arch", run.backbone.config.arch), ("repfusion_width", run.backbone.config.width),
                            ("image_size", image_size), ("mean", list(run.mean)), ("std", list(run.std)),
-                           ("input", "images normalised as (pixel / 255 - mean) / std")):
+                           ("input", "images normalised as (pixel / 255 - mean) / std"),
+                           ("output", "class logits (before softmax)" if head else "pooled backbone features"),
+                           *extra):
             proto.metadata_props.add(key=key, value=str(value))
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
@@ -86,24 +110,53 @@ def export_torchvision(run: RunBackbone, out: Path | None) -> Path:
     return (out if out is not None else run.folder / str(fact["file"]))
 
 
+def export_timm(run: RunBackbone, out: Path | None) -> tuple[Path, dict]:
+    from .torchvision_keys import TIMM_FOLDER, write_timm_folder
+
+    folder = out if out is not None else run.folder / TIMM_FOLDER
+    if folder.exists() and not folder.is_dir():
+        raise RepFusionError(f"--out {folder} is a file; --format timm writes a folder (model.safetensors + "
+                             "config.json): give a folder path.")
+    return folder, write_timm_folder(run.network, folder, run.image_size, run.mean, run.std)
+
+
 def run(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="repfusion export", description="Export a distill or finetune run's "
-                                     "backbone: ONNX (pooled features), or its weights under torchvision's key names.")
+                                     "backbone (or fine-tuned classifier): ONNX, its weights under torchvision's key "
+                                     "names, or timm's Hub layout.")
     parser.add_argument("run", help="Distill run folder (or its student/), finetune run folder (or its model/).")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx | torchvision | safetensors "
-                        "(torchvision and safetensors: the same torchvision-keyed .safetensors file).")
-    parser.add_argument("--out", default=None, help="Output file (default: in the run's student/ or model/ "
-                        "folder: backbone.onnx, torchvision_ARCH.safetensors).")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx | torchvision | safetensors | timm "
+                        "(torchvision and safetensors: the same torchvision-keyed .safetensors file; timm: a folder "
+                        "with model.safetensors and a config.json with pretrained_cfg).")
+    parser.add_argument("--head", action="store_true", help="The fine-tuned classifier with its head (a finetune "
+                        "classification run): ONNX gives class logits; the timm folder always holds what the "
+                        "export holds.")
+    parser.add_argument("--out", default=None, help="Output file (default: in the run's student/ or model/ folder: "
+                        "backbone.onnx, classifier.onnx with --head, torchvision_ARCH.safetensors), or folder for "
+                        "--format timm (default: its timm/).")
     parser.add_argument("--data.image_size", dest="image_size", type=int, default=None,
                         help="ONNX input size (default: the size the run was trained at).")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch.onnx's).")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else None
-    if out is not None and out.is_dir():
+    if out is not None and out.is_dir() and args.format != "timm":
         raise RepFusionError(f"--out {out} is a folder; give a file path (e.g. {out / 'backbone.onnx'}).")
+    if args.head and args.format in ("torchvision", "safetensors"):
+        raise RepFusionError("The torchvision-keyed file is the backbone alone; the classifier with its head is "
+                             "--format timm (its folder) or --format onnx --head.")
     if args.format == "onnx":
         check_onnx_available()  # before loading anything: the missing package is the whole answer
     run_ = load_run_backbone(args.run)
+    if args.head:
+        classifier_of(run_)  # refused before anything is written
+    if args.format == "timm":
+        folder, fact = export_timm(run_, out)
+        how = ("timm builds it: timm.create_model(\"" + str(fact["architecture"]) + "\", checkpoint_path=...)"
+               if fact["timm_loadable"] else "repfusion.torchvision_keys.load_timm_folder rebuilds it")
+        what = f"{fact['num_classes']} classes" if fact["num_classes"] else "pooled features"
+        print(f"Wrote {folder / 'model.safetensors'} and {folder / 'config.json'} (timm's Hub layout, "
+              f"architecture {fact['architecture']}, {what}; {how})")
+        return
     if args.format != "onnx":
         if out is not None and out.suffix != ".safetensors":
             raise RepFusionError(f"--out {out} must end in .safetensors for --format {args.format}.")
@@ -112,7 +165,9 @@ def run(argv: list[str]) -> None:
     size = args.image_size or run_.image_size
     if size is None or size < 1:
         raise RepFusionError(f"The run in {run_.folder} does not record its image size; give --data.image_size.")
-    path = export_onnx(run_, out or run_.folder / "backbone.onnx", size, args.opset)
+    default = run_.folder / ("classifier.onnx" if args.head else "backbone.onnx")
+    path = export_onnx(run_, out or default, size, args.opset, head=args.head)
+    result = (f"logits [B, {run_.network.fc.out_features}]" if args.head
+              else f"features [B, {run_.backbone.feature_channels}]")
     print(f"Wrote {path}: images [B, {getattr(run_.backbone.config, 'in_channels', 3)}, {size}, {size}] normalised "
-          f"with mean {list(run_.mean)}, std {list(run_.std)} -> features [B, {run_.backbone.feature_channels}]",
-          file=sys.stdout)
+          f"with mean {list(run_.mean)}, std {list(run_.std)} -> {result}", file=sys.stdout)

@@ -12,21 +12,36 @@ num_classes=0, checkpoint_path=FILE)`); timm's MobileNetV2 names differ, so only
 
 Anything else does not match torchvision's shapes (a CIFAR stem, width != 1, other input channels, HRNet):
 no file, and `torchvision_layout` says why in words the model card repeats.
+
+Beside them, every export gets a timm/Hub-style folder, `timm/` (`write_timm_folder`): `model.safetensors`
+(the network's own state dict, its classifier head included when it has one) and a `config.json` as timm's
+Hub loader reads it (`architecture`, `num_classes`, `num_features`, `global_pool`, `pretrained_cfg` with the
+input size, mean, std, interpolation and crop_pct the run's data was read with), plus a `repfusion` entry
+from which `load_timm_folder` rebuilds the same network. A subfolder, because the export folder's own
+`config.json` is diffusers' (what `load_student` reads). `architecture` is timm's model name where timm
+builds the same network (a built-in ResNet at width 1 with 3 channels, a `timm:NAME` student), else
+repfusion's arch name, and `repfusion.timm_loadable` says which.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .io import save_tensors
+from .errors import RepFusionError
+from .io import load_tensors, save_tensors, write_json
 
 TORCHVISION_NAMES = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50",
                      "mobilenetv2": "mobilenet_v2"}  # repfusion arch -> torchvision.models builder
 HEAD_PREFIXES = ("fc.", "classifier.")
 TIMM_NAMES = {"resnet18", "resnet34", "resnet50"}  # timm's ResNet shares torchvision's key names
+TIMM_FOLDER = "timm"  # the timm/Hub-style subfolder of an export: model.safetensors + config.json
+TIMM_WEIGHTS = "model.safetensors"
+INTERPOLATION = "bilinear"  # how repfusion resizes images (datasets.read_image); the full image, no crop
 
 
 def backbone_of(network: nn.Module) -> nn.Module:
@@ -103,3 +118,83 @@ def write_torchvision_weights(network: nn.Module, path_or_folder: str | Path) ->
     arch = str(_config(backbone, "arch", ""))
     timm = arch if arch in TIMM_NAMES else None  # a built-in ResNet: timm's resnet with num_classes=0 loads strictly
     return {"library": library, "architecture": name, "file": target.name, "timm": timm, "reason": None}
+
+
+def timm_architecture(network: nn.Module) -> tuple[str, bool, str]:
+    """(timm's name or repfusion's arch, whether timm builds the same network, why not)."""
+    backbone = backbone_of(network)
+    arch = str(_config(backbone, "arch", ""))
+    library, _, name = arch.partition(":")
+    if library == "timm" and name:
+        return name, True, ""
+    if torchvision_layout(backbone)[0] is not None and arch in TIMM_NAMES:
+        return arch, True, ""
+    if library == "torchvision" and name:
+        return arch, False, f"{arch} is torchvision's (torchvision.models.get_model builds it), not timm's"
+    width = float(_config(backbone, "width", 1.0))  # type: ignore[arg-type]
+    channels = int(_config(backbone, "in_channels", 3))  # type: ignore[call-overload]
+    return arch, False, (f"timm builds no {arch} at width {width:g} with {channels} input channels (only resnet18, "
+                         "resnet34 and resnet50 at width 1 with 3, and timm: students)")
+
+
+def write_timm_folder(network: nn.Module, folder: str | Path, image_size: int | None,
+                      mean: list[float] | tuple[float, ...], std: list[float] | tuple[float, ...]) -> dict[str, Any]:
+    """`folder/model.safetensors` + `folder/config.json` (timm's Hub layout); returns the model card's fact.
+
+    The network is the export's: a distilled backbone (no head), a fine-tuned classifier (its `fc` head kept,
+    `num_classes` set) or, for a segmentation or landmark network, its backbone alone (their heads are not
+    timm's). A `module:` student is skipped (it cannot be rebuilt by name), and the fact says so.
+    """
+    student = network if getattr(network, "fc", None) is not None else backbone_of(network)
+    arch = str(_config(student, "arch", ""))
+    if arch.startswith("module:"):
+        return {"folder": None, "reason": f"{arch} is a module given through the Python API, which cannot be "
+                                          "rebuilt by name"}
+    architecture, loadable, why = timm_architecture(student)
+    fc = getattr(student, "fc", None)
+    num_classes = int(fc.out_features) if isinstance(fc, nn.Linear) else 0
+    channels = int(_config(student, "in_channels", 3))  # type: ignore[call-overload]
+    features = int(getattr(student, "feature_channels", 0) or 0)
+    size = int(image_size) if image_size else int(getattr(student, "default_image_size", 0) or 224)
+    pretrained_cfg: dict[str, Any] = {
+        "tag": "repfusion", "input_size": [channels, size, size], "fixed_input_size": False,
+        "interpolation": INTERPOLATION, "crop_pct": 1.0, "crop_mode": "center",
+        "mean": [float(v) for v in mean], "std": [float(v) for v in std], "num_classes": num_classes}
+    if loadable and architecture in TIMM_NAMES:
+        pretrained_cfg.update(first_conv="conv1", classifier="fc")
+    config = {"architecture": architecture, "num_classes": num_classes, "num_features": features,
+              "global_pool": "avg", "pretrained_cfg": pretrained_cfg,
+              "repfusion": {"arch": arch, "width": float(_config(student, "width", 1.0)),  # type: ignore[arg-type]
+                            "in_channels": channels, "num_classes": num_classes,
+                            "feature_layer": getattr(student, "feature_layer", None),
+                            "timm_loadable": loadable, "why_not_timm": why or None}}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().clone() for k, v in student.state_dict().items()}  # clones: no shared storage
+    save_tensors(folder / TIMM_WEIGHTS, tensors, metadata={"format": "pt", "written_by": "repfusion"})
+    write_json(folder / "config.json", config)
+    return {"folder": folder.name, "architecture": architecture, "timm_loadable": loadable,
+            "num_classes": num_classes, "reason": why or None}
+
+
+def load_timm_folder(folder: str | Path) -> nn.Module:
+    """The network of a `timm/` export folder, rebuilt from its `repfusion` entry and loaded strictly."""
+    from .students import build_student
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        spec = config["repfusion"]
+        arch, width = str(spec["arch"]), float(spec["width"])
+        num_classes, channels = int(spec.get("num_classes", 0)), int(spec.get("in_channels", 3))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RepFusionError(f"{folder} is not a repfusion timm-style folder ({type(e).__name__} reading its "
+                             "config.json); export the run again.") from None
+    network = build_student(arch, width, num_classes=num_classes, in_channels=channels)
+    try:
+        network.load_state_dict(load_tensors(folder / TIMM_WEIGHTS), strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise RepFusionError(f"The weights in {folder / TIMM_WEIGHTS} do not fit {arch} ({first}); export the run "
+                             "again.") from None
+    return network.eval()

@@ -21,6 +21,7 @@ from .fastpath import ApplyFastPaths, check_fast_paths, resolve_fast_paths
 from .jsondata import JSONValue
 from .run import AtomicCheckpointIO, EpochCheckpoint, RunState, nonfinite_message
 from .run.loggers import TensorBoardResume, build_loggers, check_loggers
+from .run.progress_lines import LineProgress, stdout_is_terminal
 from .run import prepare_run as prepare_run, restore_finished as restore_finished  # the runners' entry
 from .run import resume_path as resume_path  # points
 
@@ -331,8 +332,9 @@ def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None,
     fast = resolve_fast_paths(cfg)
     if fast.channels_last or fast.compile:
         cbs.append(ApplyFastPaths(fast))
-    if cfg.progress:
-        cbs.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
+    if cfg.progress:  # bars on a terminal; one line an epoch in a log file or a pipe (no carriage returns)
+        cbs.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)) if stdout_is_terminal()
+                   else LineProgress())
     loggers = build_loggers(cfg.logger, run_dir)
     if any(isinstance(logger, TensorBoardLogger) for logger in loggers):
         cbs.append(TensorBoardResume())  # after RunState, which rebuilds metrics.csv first

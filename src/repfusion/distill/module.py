@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +73,8 @@ class Distillation(Stage):
             f"teacher.{n}" for n, _ in teacher.named_buffers()]
         self.t_counts = torch.zeros(HISTOGRAM_BINS)  # this epoch's draws, kept on the training device
         self.t_history: list[list[float]] = []
+        self.t_draws: list[list[float]] = []  # each finished epoch's draws per bin (TensorBoard's histogram)
+        self.t_steps: list[int] = []  # and the optimiser step of its train/ rows (-1: unknown, an older checkpoint)
         self._student_tap: FeatureTap | None = None  # hooks registered once, on the first student call
         self.cache_views, self.cache_seed = 0, 0
         self.cache: CachedTargets | None = None
@@ -220,19 +223,33 @@ class Distillation(Stage):
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum") if self.trainer.world_size > 1 else counts
         total = counts.sum().clamp(min=1)
         self.t_history.append((counts / total).cpu().tolist())
+        self.t_draws.append(counts.cpu().tolist())
+        self.t_steps.append(max(self.trainer.global_step - 1, 0))  # where Lightning logs the epoch's train/ rows
         self.t_counts.zero_()
-        log_histogram(self.trainer, "train/t", self.t_history[-1], self.teacher.num_timesteps, self.current_epoch)
+        log_histogram(self.trainer, "train/t", self.t_draws[-1], self.teacher.num_timesteps, self.t_steps[-1])
 
     def replay_summaries(self) -> None:
-        """A resume's TensorBoard folder gets back each finished epoch's timestep histogram (its step: the epoch)."""
-        for epoch, shares in enumerate(self.t_history):
-            log_histogram(self.trainer, "train/t", shares, self.teacher.num_timesteps, epoch)
+        """A resume's TensorBoard folder gets back each finished epoch's timestep histogram, at its step. An older
+        checkpoint's epochs (no counts or steps saved) come back as their shares, at the step the epoch ended if
+        every epoch had the same number of optimiser steps."""
+        per_epoch = self.trainer.num_training_batches
+        if isinstance(per_epoch, (int, float)) and math.isfinite(per_epoch) and per_epoch > 0:
+            per_epoch = math.ceil(per_epoch / self.trainer.accumulate_grad_batches)
+        else:  # only tests: the run finished, so its steps are all its epochs'
+            per_epoch = self.trainer.global_step / max(len(self.t_draws), 1)
+        for epoch, (counts, step) in enumerate(zip(self.t_draws, self.t_steps)):
+            step = step if step >= 0 else max(round((epoch + 1) * per_epoch) - 1, 0)
+            log_histogram(self.trainer, "train/t", counts, self.teacher.num_timesteps, step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["t_history"] = self.t_history
+        checkpoint["t_draws"], checkpoint["t_steps"] = self.t_draws, self.t_steps
         checkpoint["t_counts"] = self.t_counts.cpu().clone()  # a mid-epoch checkpoint keeps the epoch's draws so far
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.t_history = [list(map(float, row)) for row in checkpoint.get("t_history", [])]
+        # an older checkpoint saved neither: its epochs keep their shares, their steps are estimated on replay
+        self.t_draws = [list(map(float, row)) for row in checkpoint.get("t_draws", self.t_history)]
+        self.t_steps = [int(s) for s in checkpoint.get("t_steps", [-1] * len(self.t_history))]
         if "t_counts" in checkpoint and self.global_rank == 0:  # rank 0's draws; the epoch end sums the ranks
             self.t_counts = checkpoint["t_counts"].detach().cpu().float().clone()

@@ -130,7 +130,7 @@ def choose(teacher: DiffusionTeacher, random_teacher: DiffusionTeacher | None, t
 
 
 def _write(out: Path, choice: Choice, rows: list[dict]) -> Choice:
-    write_json(out / "choice.json", {"choice": asdict(choice), "rows": rows})
+    """choice.md first: choice.json marks the stage finished, so a kill between the two loses nothing."""
     lines = [f"# Teacher layer and t: `{choice.layer}`, {choice.mode} input, t = {choice.t}", "", f"Why: {choice.reason}",
              ""]
     if rows and "gap" in rows[0]:
@@ -141,6 +141,7 @@ def _write(out: Path, choice: Choice, rows: list[dict]) -> Choice:
         lines += ["| layer | mode | variance explained by the image (%) | best t |", "|---|---|---|---|"]
         lines += [f"| `{r['layer']}` | {r['mode']} | {100 * r['image_share']:.1f} | {r['t']} |" for r in rows]
     write_text(out / "choice.md", "\n".join(lines) + "\n")
+    write_json(out / "choice.json", {"choice": asdict(choice), "rows": rows})
     return choice
 
 

@@ -70,6 +70,11 @@ def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
         parts += ["## Result", "", "No labels, so nothing is fine-tuned or compared: the backbone is in "
                   "[student/](student/). Give class sub-folders or --data.labels FILE.csv for the comparison.", ""]
     parts.append(cost_section(result))
+    invocations = result.get("invocations", [])
+    if len(invocations) > 1:  # resumed: the table and the wall time sum what every invocation spent
+        walls = ", ".join(f"{inv['wall_s']:.0f} s" for inv in invocations)
+        parts.append(f"Resumed: the seconds and the wall time sum the run's {len(invocations)} invocations (wall "
+                     f"time {walls}); a stage reused on a resume adds nothing.\n")
     write_text(out / "report.md", "\n".join(parts))
 
 

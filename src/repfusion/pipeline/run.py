@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import resource
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -41,7 +40,7 @@ from .budget import BudgetChoice, accelerated, apply_budget, budget_record, chec
 from .config import PretrainRun
 from .estimate import stage_seconds, time_models
 from .inspect import DataFacts, inspect_data, unlabeled_view
-from .progress import StageProgress, clock
+from .progress import TIMINGS_FILE, StageProgress, clock
 from .report import card_metrics, results_table, write_report
 
 SETTINGS_FILE = "pretrain.json"
@@ -252,7 +251,7 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     write_json(out / SETTINGS_FILE, wanted)
     write_json(out / BUDGET_FILE, budget_record(budget))
     plan = Plan(cfg.seeds, resume)
-    progress = StageProgress(estimate_s)
+    progress = StageProgress(estimate_s, record=out / TIMINGS_FILE)  # earlier invocations' seconds kept
 
     teacher_dir = out / "teacher" / "teacher"
     if given is None:
@@ -302,9 +301,10 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
         summary, pairs = compare_arms(arms, "test_top1", fraction=data.label_fraction)
         result.update(summary=summary, paired=pairs + probe["paired"], probe=probe["runs"], verdict=verdict(pairs))
     result.update(budget=budget_record(budget), estimate_s=estimate_s, timings_s=progress.timings,
-                  wall_s=time.time() - progress.start, config=settings(cfg),
+                  wall_s=progress.wall_s(), invocations=progress.invocations(), config=settings(cfg),
                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     progress.run("report", lambda: write_report(out, result, cfg))
+    result.update(wall_s=progress.wall_s(), invocations=progress.invocations())  # the report's seconds too
     write_json(out / "results.json", result)
     card_to(out / "student", result)
     if labelled:
@@ -317,11 +317,9 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
 
 def card_to(folder: Path, result: dict[str, Any]) -> None:
     """The exported backbone's model card gains the report's numbers (its facts came with the export)."""
-    from ..model_card import read_model_card, update_model_card_metrics
+    from ..export_card import pretrain_cards
 
-    metrics = card_metrics(result)
-    if metrics and read_model_card(folder) is not None:
-        update_model_card_metrics(folder, metrics)
+    pretrain_cards(folder.parent, result.get("teacher"), card_metrics(result))
 
 
 def export_backbone(out: Path) -> None:

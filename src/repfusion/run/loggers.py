@@ -87,20 +87,23 @@ def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
     return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
-def log_histogram(trainer: pl.Trainer, tag: str, shares: Sequence[float], high: float, step: int) -> None:
-    """A binned distribution on [0, high) (equal bins, each bin's share of the draws) as a TensorBoard histogram."""
+def log_histogram(trainer: pl.Trainer, tag: str, counts: Sequence[float], high: float, step: int) -> None:
+    """A binned distribution on [0, high) (equal bins, each bin's count of draws) as a TensorBoard histogram.
+
+    `step` is the optimiser step it belongs to, as the scalars are stepped (the distillation: the step of the
+    epoch's train/ rows)."""
     writers = tensorboard_writers(trainer)
-    if not writers or not shares:
+    if not writers or not counts:
         return
-    width = high / len(shares)
-    centres = [(i + 0.5) * width for i in range(len(shares))]
-    total = float(sum(shares))
+    width = high / len(counts)
+    centres = [(i + 0.5) * width for i in range(len(counts))]
+    total = float(sum(counts))
     for writer in writers:
         writer.add_histogram_raw(tag, min=0.0, max=float(high), num=total,
-                                 sum=sum(s * c for s, c in zip(shares, centres)),
-                                 sum_squares=sum(s * c * c for s, c in zip(shares, centres)),
-                                 bucket_limits=[(i + 1) * width for i in range(len(shares))],
-                                 bucket_counts=[float(s) for s in shares], global_step=step)
+                                 sum=sum(n * c for n, c in zip(counts, centres)),
+                                 sum_squares=sum(n * c * c for n, c in zip(counts, centres)),
+                                 bucket_limits=[(i + 1) * width for i in range(len(counts))],
+                                 bucket_counts=[float(n) for n in counts], global_step=step)
 
 
 def _session_start() -> Any:

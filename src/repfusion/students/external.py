@@ -16,6 +16,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from ..errors import RepFusionError, unknown_name_error
+from ..extras import broken_library, broken_library_error
 from .module import MODULE_PREFIX, module_api_error
 from .wrapper import NetWrapper
 
@@ -45,11 +46,18 @@ def split_name(arch: str) -> tuple[str, str]:
 
 
 def import_library(library: str, arch: str) -> ModuleType:
+    """The installed library, or one sentence: not installed (how to install it), or installed but unable to
+    load with this torch (`repfusion.extras`: which package, its version, the torch, the matching install)."""
     try:
         return importlib.import_module(library)  # one of LIBRARIES, never a name from the config
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name != library:  # the library is there; one of its own imports is missing or broken
+            raise broken_library_error(broken_library(e) or library, e) from None
         raise RepFusionError(f"The student {arch} needs {library}, which is not installed; pip install {library} "
-                             f"(or pip install 'repfusion[{library}]').") from None
+                             f"through repfusion's extra, pip install 'repfusion[{library}]', whose pin keeps the "
+                             "installed torch (docs/usage.md gives the CPU install line).") from None
+    except (ImportError, RuntimeError, OSError) as e:  # e.g. torchvision's C++ ops built for another torch
+        raise broken_library_error(broken_library(e) or library, e) from None
 
 
 def check_known(module: ModuleType, library: str, name: str) -> None:

@@ -157,9 +157,10 @@ def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
 
         finish_finetune_export(tmp, cfg, exported_network(module), datamodule.sample_shape()[1], results)
         replace_dir(tmp, run_dir / "model")
-        write_json(run_dir / "results.json", {"task": cfg.task, "init": cfg.init or "scratch",
-                                              "train_images": len(datamodule.train_set), **results})
         plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", list(spec.curves),
                     title=f"{cfg.task} fine-tuning from {cfg.init or 'scratch'}")
         draw_test_predictions(module, datamodule, run_dir / "predictions.png")
+        # last: results.json marks the run finished (a resume skips it), so every plot is drawn before it
+        write_json(run_dir / "results.json", {"task": cfg.task, "init": cfg.init or "scratch",
+                                              "train_images": len(datamodule.train_set), **results})
     return results

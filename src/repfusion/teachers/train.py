@@ -60,7 +60,9 @@ def train_teacher(cfg: TeacherRun, run_dir: Path, resume: bool = False,
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     out = run_dir / "teacher"
     if trainer.is_global_zero:
-        export_teacher(module.unet, scheduler, out)
+        # the samples first: the exported teacher/ marks the run finished (a resume skips it), so a kill
+        # between the two must not leave a teacher without its samples.png
         if cfg.samples > 0:
             sample_grid(module.unet, scheduler, run_dir / "samples.png", cfg.samples, cfg.sample_steps)
+        export_teacher(module.unet, scheduler, out)
     return out
