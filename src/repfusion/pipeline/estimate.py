@@ -32,6 +32,8 @@ EVAL_OVERHEAD = 1.1  # validation passes and the test pass of each run, on top o
 def time_step(step: Callable[[], object], repeats: int = 2) -> float:
     """Seconds of one call of `step`, after one untimed warm-up call (allocations, kernel choice)."""
     step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # the warm-up's queued kernels are not this step's time
     began = time.perf_counter()
     for _ in range(repeats):
         step()

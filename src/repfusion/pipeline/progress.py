@@ -18,14 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_json
+from ..run.progress_lines import clock
 
 TIMINGS_FILE = "timings.json"  # every invocation's seconds per stage and wall time, beside pretrain.json
-
-
-def clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
 
 
 class StageProgress:

@@ -198,6 +198,7 @@ def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: Diffus
     cfg, budget = apply_budget(cfg, on_gpu)
     if saved is not None:
         cfg, budget = with_saved_budget(cfg, saved), BudgetChoice(**saved)
+    # the label cut as a count (labelled_images() would read the folder again; an estimate needs no exact count)
     labelled_n = max(1, round(facts.train_images * (1 - data.val_fraction) * data.label_fraction)) if labelled else 0
     times = time_models(shape, arch, cfg.student.width, data.image_size, cfg.distill.batch_size or data.batch_size,
                         cfg.finetune.batch_size or finetune_batch(data, labelled_n), max(2, facts.classes),
