@@ -10,5 +10,5 @@ install:
 demo: install
 	repfusion demo --resume  # a second `make demo` reuses finished stages instead of refusing
 
-test: install
-	$(PYTHON) -m pytest -q
+test: install  # one worker a core (at most 4: each holds about 1 GB); `python -m pytest` alone also works
+	$(PYTHON) -m pytest -q -n auto --maxprocesses 4

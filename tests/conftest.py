@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -8,6 +9,9 @@ import pytest
 import torch
 
 from repfusion.teachers import default_scheduler, unet_from_preset
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one intra-op thread per worker: two workers share two cores
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

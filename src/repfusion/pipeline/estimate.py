@@ -3,10 +3,12 @@
 Each stage's seconds are (optimiser steps it will take) x (seconds one such step took here, on the device the
 trainer will use, at the stage's batch size and the data's image size): the teacher's diffusion step, the
 distillation step (teacher forward without grad + student forward and backward), the fine-tuning step, and
-no-grad forwards for the layer choice and the probes. The teacher forward is timed untruncated, so the
-distillation figure is an upper bound where the chosen layer is shallow. Data loading, validation and plots
-are not timed: on small images they add a few per cent, which `StageProgress` corrects from the measured rate
-as stages finish.
+no-grad forwards for the layer choice, the probes and every validation and test pass. On top of the steps, each
+training run and each epoch has a cost of its own (the Trainer's start, its hooks, the epoch's checkpoint and
+metrics rows, the plots): `time_loop` measures both with a real Trainer from `build_trainer` on a one-weight
+model, which is what dominates a fine-tuning on a few dozen labels (one step an epoch). The teacher forward is
+timed untruncated, so the distillation figure is an upper bound where the chosen layer is shallow. Data loading
+is not timed; `StageProgress` corrects the rest from the measured rate as stages finish.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from ..teachers import DiffusionTeacher
 from .config import PretrainRun
 from .inspect import DataFacts
 
-EVAL_OVERHEAD = 1.1  # validation passes and the test pass of each run, on top of its training steps
+SAMPLES, SAMPLE_STEPS = 16, 50  # the teacher stage's sample grid (pipeline.run.teacher_run)
+_LOOP_TIMES: dict[str, tuple[float, float]] = {}  # device type -> (run, epoch) overhead, measured once a process
 
 
 def time_step(step: Callable[[], object], repeats: int = 2) -> float:
@@ -63,6 +66,55 @@ class StepTimes:
     student_forward: float
     batch: int
     finetune_batch: int
+    run_overhead: float = 0.0  # seconds a training run costs beyond its steps and passes (Trainer, export, plots)
+    epoch_overhead: float = 0.0  # seconds an epoch costs beyond its steps (hooks, checkpoint, metrics rows)
+
+
+def time_loop(device: torch.device) -> tuple[float, float]:
+    """(seconds a training run costs beyond its steps, seconds each epoch adds beyond its steps) on this machine:
+    a Trainer from `build_trainer` (checkpoints, metrics.csv, the project's callbacks) fitting a one-weight model
+    for two and then six one-step epochs, after an untimed one-epoch fit (the first pays for lazy imports).
+    Measured once per process and device (one to two seconds on a CPU)."""
+    if device.type in _LOOP_TIMES:
+        return _LOOP_TIMES[device.type]
+    import tempfile
+    from pathlib import Path
+
+    import lightning.pytorch as pl
+
+    from ..analysis.plots import plt
+    from ..training import TrainerConfig, build_trainer
+
+    class _One(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            loss = (self.weight - batch[0]).pow(2).mean()
+            self.log("train/loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(1)), batch_size=1)
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for epochs in (1, 2, 6):
+            cfg = TrainerConfig(max_epochs=epochs, progress=False, logger="csv", ema_decay=None, seed=0,
+                                accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
+            began = time.perf_counter()
+            trainer = build_trainer(cfg, Path(tmp) / str(epochs))
+            trainer.fit(_One(), train_dataloaders=loader)
+            figure, axes = plt.subplots(figsize=(3, 2))  # every run draws its curves
+            axes.plot([0, 1], [1, 0])
+            figure.savefig(Path(tmp) / f"{epochs}.png", dpi=110)
+            plt.close(figure)
+            seconds[epochs] = time.perf_counter() - began
+    epoch = max(0.0, (seconds[6] - seconds[2]) / 4)
+    _LOOP_TIMES[device.type] = (max(0.0, seconds[2] - 2 * epoch), epoch)
+    return _LOOP_TIMES[device.type]
 
 
 def time_models(teacher: DiffusionTeacher, arch: str, width: float, image_size: int, batch: int,
@@ -110,9 +162,19 @@ def time_models(teacher: DiffusionTeacher, arch: str, width: float, image_size: 
             student(x)
 
     student_fwd = time_step(student_forward)
+
+    def checkpoint() -> None:  # each epoch's last.ckpt: weights, their average (EMA) and the optimiser's state
+        import io
+
+        torch.save({"weights": student.state_dict(), "ema": student.state_dict(), "optim": optimiser.state_dict()},
+                   io.BytesIO())
+
+    save = time_step(checkpoint, repeats=1)
     teacher.to("cpu")
+    run_overhead, epoch_overhead = time_loop(device)
+    epoch_overhead += save
     return StepTimes(teacher_train, forward, student_train * batch / max(1, len(small)), student_fwd, batch,
-                     len(small))
+                     len(small), run_overhead, epoch_overhead)
 
 
 def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_teacher: bool, labelled: bool,
@@ -123,32 +185,40 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
     images (small batches on a CPU are a little slower per image: the measured rate corrects it)."""
     n = facts.train_images
     val = cfg.data.val_fraction if labelled else 0.0
-    batch = times.batch
-    per_image_student = times.student_train / batch
+    val_images, batch = round(n * val), times.batch
+    per_image_student, student_look, teacher_look = (times.student_train / batch, times.student_forward / batch,
+                                                     times.teacher_forward / batch)  # seconds an image
     seeds = cfg.seeds if labelled else 1
     distills = 2 * seeds if labelled else 1
-    teacher_epoch = steps_per_epoch(n, batch) * times.teacher_train if train_teacher else 0.0
-    distill_epoch = distills * steps_per_epoch(round(n * (1 - val)), batch) * (times.teacher_forward +
-                                                                                  times.student_train)
+    run, epoch_cost = times.run_overhead, times.epoch_overhead
+    teacher_epoch = steps_per_epoch(n, batch) * times.teacher_train + epoch_cost if train_teacher else 0.0
+    samples = SAMPLE_STEPS * SAMPLES * teacher_look  # the teacher's sample grid at its end
+    distill_steps = steps_per_epoch(round(n * (1 - val)), batch)
+    distill_epoch = distills * (distill_steps * (times.teacher_forward + times.student_train) + epoch_cost
+                                + val_images * (teacher_look + student_look))
     passes = len(cfg.choice.timesteps) * len(cfg.choice.modes) * (2 if labelled else 1)
     choice = passes * math.ceil(min(n, cfg.choice.max_images) / batch) * times.teacher_forward
-    per_epoch = {"teacher.epochs": teacher_epoch * EVAL_OVERHEAD, "distill.epochs": distill_epoch * EVAL_OVERHEAD}
-    plan = {"teacher": teacher_epoch * cfg.teacher.epochs * EVAL_OVERHEAD, "choose the teacher layer and t": choice,
-            "distil": distill_epoch * cfg.distill.epochs * EVAL_OVERHEAD, "export the backbone": 0.0}
+    per_epoch = {"teacher.epochs": teacher_epoch, "distill.epochs": distill_epoch}
+    plan = {"teacher": (teacher_epoch * cfg.teacher.epochs + run + samples) if train_teacher else 0.0,
+            "choose the teacher layer and t": choice,
+            "distil": distill_epoch * cfg.distill.epochs + distills * run, "export the backbone": 0.0}
     if labelled:
-        probe_images = labelled_images + round(n * val)
+        probe_images = labelled_images + val_images
         plan["probe the frozen backbones"] = 3 * seeds * math.ceil(probe_images / batch) * times.student_forward
         ft_batch = cfg.finetune.batch_size or times.finetune_batch
         ft_steps = steps_per_epoch(labelled_images, ft_batch)
         step = per_image_student * ft_batch
         in_loop = 2 * (times.teacher_forward * ft_batch / batch + step) if cfg.finetune.teacher_in_loop else 0.0
         # per seed: scratch, RepFusion, random-teacher student (the two distilled with the teacher in the loop if
-        # asked), and equal-compute scratch, which adds the distillation's steps to its own
-        per_ft_epoch = seeds * ft_steps * (4 * step + in_loop)
-        equal_extra = seeds * steps_per_epoch(round(n * (1 - val)), batch) * cfg.distill.epochs * step
-        per_epoch["finetune.epochs"] = per_ft_epoch * EVAL_OVERHEAD
-        per_epoch["distill.epochs"] += equal_extra * EVAL_OVERHEAD / max(1, cfg.distill.epochs)
-        plan["fine-tune the arms"] = (per_ft_epoch * (cfg.finetune.epochs + cfg.finetune.head_epochs)
-                                      + equal_extra) * EVAL_OVERHEAD
+        # asked), and equal-compute scratch, which adds the distillation's steps to its own as extra epochs
+        per_ft_epoch = seeds * (ft_steps * (4 * step + in_loop) + 4 * epoch_cost)
+        extra_epochs = distill_steps * cfg.distill.epochs / ft_steps
+        equal_extra = seeds * extra_epochs * (ft_steps * step + epoch_cost)
+        epochs = cfg.finetune.epochs + cfg.finetune.head_epochs
+        val_passes = epochs // max(1, cfg.finetune.epochs // 4) + 1  # finetune_config's validation interval
+        per_run = run + (val_passes * val_images + facts.test_images) * student_look
+        per_epoch["finetune.epochs"] = per_ft_epoch
+        per_epoch["distill.epochs"] += equal_extra / max(1, cfg.distill.epochs)
+        plan["fine-tune the arms"] = per_ft_epoch * epochs + equal_extra + 4 * seeds * per_run
     plan["report"] = 0.0
     return plan, per_epoch

@@ -38,7 +38,7 @@ from ..training import OptimConfig
 from .choice import Choice, check_choice, choose, read_choice
 from .budget import BudgetChoice, accelerated, apply_budget, budget_record, check_budget, fit_to_time, parse_duration
 from .config import PretrainRun
-from .estimate import stage_seconds, time_models
+from .estimate import SAMPLE_STEPS, SAMPLES, stage_seconds, time_models
 from .inspect import DataFacts, inspect_data, unlabeled_view
 from .progress import TIMINGS_FILE, StageProgress, clock
 from .report import card_metrics, results_table, write_report
@@ -111,8 +111,8 @@ def load_teacher(cfg: PretrainRun, source: str, init: str = "pretrained") -> Dif
 def teacher_run(cfg: PretrainRun, data: DataConfig, preset: str) -> TeacherRun:
     return TeacherRun(teacher=preset, data=replace(unlabeled_view(data), crop_padding=0),
                       optim=OptimConfig(name="adamw", lr=cfg.teacher.lr, weight_decay=0.0, schedule="constant"),
-                      trainer=replace(cfg.trainer, max_epochs=cfg.teacher.epochs, ema_decay=cfg.teacher.ema_decay), samples=16,
-                      sample_steps=50)
+                      trainer=replace(cfg.trainer, max_epochs=cfg.teacher.epochs, ema_decay=cfg.teacher.ema_decay), samples=SAMPLES,
+                      sample_steps=SAMPLE_STEPS)
 
 
 def distill_config(cfg: PretrainRun, data: DataConfig, source: str, arch: str, choice: Choice, init: str,
