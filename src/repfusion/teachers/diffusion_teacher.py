@@ -10,7 +10,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
 from ..errors import RepFusionError
-from ..features import CallPlan, FeatureTap, StopForward, output_shapes, plan_calls
+from ..features import CallPlan, FeatureTap, output_shapes, plan_calls
 
 DEFAULT_TEACHER_LAYER = "mid_block.resnets.1.conv2"
 NoiseMode = Literal["clean", "noised"]
@@ -163,11 +163,8 @@ class DiffusionTeacher(nn.Module):
         x = x if noise_mode == "clean" else self.noised(x, timesteps, noise, generator)
         plan = self._plan(layers, x, timesteps, y) if truncate and layers else None
         with FeatureTap(self.unet, layers, plan) as tap:
-            try:
-                self.denoise(x, timesteps, y)
-            except StopForward:
-                pass
-            return {name: self.as_map(f, x) for name, f in tap.pop().items()}
+            features = tap.run(lambda: self.denoise(x, timesteps, y)).pop()
+        return {name: self.as_map(f, x) for name, f in features.items()}
 
     def feature_shape(self, layer: str, image_size: int | None = None) -> tuple[int, ...]:
         """(C, H, W) of one layer's output for an input of the given size."""
