@@ -105,7 +105,7 @@ def test_several_teacher_layers_fuse_into_one_pooled_target_and_dense_losses_ref
     module = build_distillation(cfg, ImageDataModule(cfg.data))
     images = torch.rand(4, 3, 16, 16)
     target = module.teacher_features(images, torch.zeros(4, dtype=torch.long))
-    maps = module.teacher(images * 2 - 1, torch.zeros(4, dtype=torch.long), tuple(layers))
+    maps = module.teacher(images, torch.zeros(4, dtype=torch.long), tuple(layers))
     assert target.shape == (4, sum(maps[layer].shape[1] for layer in layers))
     module.eval()  # the standardiser's statistics are per channel of the fused vector
     assert module.target_norm.mean.shape[1] == target.shape[1]

@@ -39,10 +39,10 @@ def fused_target(maps: dict[str, torch.Tensor], layers: Sequence[str]) -> torch.
 
 def teacher_target(teacher: DiffusionTeacher, images01: torch.Tensor, t: torch.Tensor, layers: Sequence[str],
                    noise_mode: str = "clean", labels: torch.Tensor | None = None, truncate: bool = True) -> torch.Tensor:
-    """f_T(x, t) before any standardisation: the teacher's layer(s) for float [0, 1] images (mapped to the
-    teacher's [-1, 1] here), one map or the fused pooled features of several layers."""
+    """f_T(x, t) before any standardisation: the teacher's layer(s) for float [0, 1] images (the teacher maps
+    them to its own range), one map or the fused pooled features of several layers."""
     teacher.eval()  # Lightning restores saved per-module modes directly, bypassing train()
-    maps = teacher(images01 * 2 - 1, t, layers, noise_mode, truncate=truncate, labels=labels)
+    maps = teacher(images01, t, layers, noise_mode, truncate=truncate, labels=labels)
     return fused_target(maps, layers)
 
 
