@@ -33,7 +33,7 @@ def main() -> None:
     torch.manual_seed(0)
     teacher = load_teacher(args.teacher).to(args.device)
     size = teacher.sample_size
-    x = (torch.rand(args.batch, teacher.in_channels, size, size) * 2 - 1).to(args.device)
+    x = torch.rand(args.batch, teacher.in_channels, size, size).to(args.device)  # [0, 1]: the teacher maps it
     t = torch.randint(0, teacher.num_timesteps, (args.batch,), device=args.device)
     layers = (args.layer,)
     same = torch.equal(teacher(x, t, layers)[args.layer], teacher(x, t, layers, truncate=False)[args.layer])

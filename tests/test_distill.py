@@ -105,7 +105,7 @@ def test_several_teacher_layers_fuse_into_one_pooled_target_and_dense_losses_ref
     module = build_distillation(cfg, ImageDataModule(cfg.data))
     images = torch.rand(4, 3, 16, 16)
     target = module.teacher_features(images, torch.zeros(4, dtype=torch.long))
-    maps = module.teacher(images * 2 - 1, torch.zeros(4, dtype=torch.long), tuple(layers))
+    maps = module.teacher(images, torch.zeros(4, dtype=torch.long), tuple(layers))
     assert target.shape == (4, sum(maps[layer].shape[1] for layer in layers))
     module.eval()  # the standardiser's statistics are per channel of the fused vector
     assert module.target_norm.mean.shape[1] == target.shape[1]
@@ -135,3 +135,22 @@ def test_the_reward_head_also_trains_on_a_uniform_t_not_only_the_policys():
         assert len(seen) == (2 if uniform else 1)
         if uniform:
             assert seen[1].float().std() > 100  # spread over [0, T), while the policy drew t = 0 only
+
+
+def test_distillation_receives_a_handful_of_built_parts_under_the_names_checkpoints_use():
+    """At most 6 parameters besides self (teacher tap, student tap, objective, timestep policy, augmentation,
+    optimiser settings); their modules keep the names and the order every saved checkpoint (and the optimiser's
+    parameter order on resume) was written with."""
+    import inspect
+
+    from repfusion.distill.module import Distillation
+
+    parameters = [name for name in inspect.signature(Distillation.__init__).parameters if name != "self"]
+    assert len(parameters) <= 6, parameters
+    cfg = tiny_run()
+    module = build_distillation(cfg, ImageDataModule(cfg.data))
+    assert [name for name, _ in module.named_children()] == [
+        "augment", "teacher", "student", "distill_loss", "timesteps", "reward_head", "normalize", "target_norm"]
+    assert module.teacher_layers == (cfg.teacher.layer,) and module.student_layer == module.student.feature_layer
+    assert (module.noise_mode, module.kd_weight) == ("clean", cfg.loss.kd_weight)
+    assert (module.crop_padding, module.flip) == (cfg.data.crop_padding, cfg.data.flip)

@@ -95,3 +95,24 @@ def test_a_bare_module_or_another_class_is_refused(tmp_path):
     student.save_pretrained(tmp_path / "export", safe_serialization=True)
     with pytest.raises(RepFusionError, match="is module:TinyNet, not module:Linear"):
         ModuleStudent.from_pretrained(tmp_path / "export", module=nn.Linear(2, 2))
+
+
+def test_one_tap_mechanism_reads_the_wrapped_feature_and_lets_an_outer_early_stop_through():
+    """The wrapper reads its feature layer with a `FeatureTap` (no private hook of its own); a caller's tap that
+    stops inside the wrapped net's forward stops there, not swallowed by the wrapper's own tap."""
+    from repfusion.features import CallPlan, FeatureTap
+    from repfusion.students import wrapper
+
+    assert not hasattr(wrapper, "_FeatureReady")
+    student = ModuleStudent(TinyNet(), feature_layer="body").eval()
+    x = torch.randn(2, 3, 16, 16)
+    by_hand = student.body(student.stem(x * student.gain + student.shift))
+    assert torch.equal(student.forward_features(x), by_hand)
+    ran_body: list[int] = []
+    handle = student.body.register_forward_hook(lambda *_: ran_body.append(1))
+    try:
+        with FeatureTap(student, ["stem"], CallPlan.first_call("stem")) as tap:
+            features = tap.run(lambda: student(x)).pop()
+    finally:
+        handle.remove()
+    assert torch.equal(features["stem"], student.stem(x * student.gain + student.shift)) and not ran_body

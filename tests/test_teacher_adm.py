@@ -258,7 +258,7 @@ def test_whole_model_matches_adm_forward(tmp_path):
 def test_adm_teacher_features_truncation_and_labels(tmp_path):
     teacher, _ = small_teacher(tmp_path)
     assert teacher.kind == "adm" and detect_kind(str(tmp_path / "adm.pt")) == "adm"
-    x, t, y = torch.rand(3, 3, 16, 16) * 2 - 1, torch.tensor([0, 10, 999]), torch.tensor([0, 1, 4])
+    x, t, y = torch.rand(3, 3, 16, 16), torch.tensor([0, 10, 999]), torch.tensor([0, 1, 4])
     layers = ("down_blocks.1.attentions.0", "mid_block.resnets.1.conv2")
     cut = teacher(x, t, layers, labels=y)
     full = teacher(x, t, layers, labels=y, truncate=False)
@@ -399,7 +399,7 @@ def test_string_flag_values_are_read_as_guided_diffusion_reads_them(tmp_path):
     as_strings = {k: str(getattr(legacy, k)) for k in legacy.__dataclass_fields__}  # "False", "32", "0.0", ...
     assert as_strings["use_new_attention_order"] == "False"
     assert adm_flags(as_strings) == legacy  # "False" was truthy: the legacy checkpoint loaded in the new order
-    x, t, y = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([3, 500]), torch.tensor([1, 2])
+    x, t, y = torch.rand(2, 3, 16, 16), torch.tensor([3, 500]), torch.tensor([1, 2])
     layer = "mid_block.resnets.1"
     by_strings = load_teacher(str(tmp_path / "legacy.pt"), adm_flags=as_strings, class_label="dataset")
     by_values = load_teacher(str(tmp_path / "legacy.pt"), adm_flags=dict(

@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, DiTPipeline, DiTTransformer2
 
 from repfusion.cli import main
 from repfusion.errors import RepFusionError
-from repfusion.teachers import detect_kind, load_teacher
+from repfusion.teachers import detect_kind, load_teacher, model_pixels
 from repfusion.teachers.dit import DiTTeacher
 
 
@@ -37,9 +37,10 @@ def test_kind_classes_and_frozen(dit_dir):
 
 def test_tokens_become_maps_and_truncation_is_exact(dit_dir):
     teacher = load_teacher(str(dit_dir))
-    x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([0, 400])
+    x01, t = torch.rand(2, 3, 16, 16), torch.tensor([0, 400])
+    x = model_pixels(x01)  # what the VAE encodes; the teacher takes [0, 1] and maps them itself
     layers = ("transformer_blocks.0", "transformer_blocks.1")
-    cut, full = teacher(x, t, layers), teacher(x, t, layers, truncate=False)
+    cut, full = teacher(x01, t, layers), teacher(x01, t, layers, truncate=False)
     for name in layers:
         assert cut[name].shape == (2, 16, 2, 2)
         assert torch.equal(cut[name], full[name])
@@ -53,12 +54,12 @@ def test_tokens_become_maps_and_truncation_is_exact(dit_dir):
     assert torch.allclose(cut["transformer_blocks.1"].flatten(2).transpose(1, 2), tokens["f"], atol=0)
     calls = []
     teacher.unet.transformer_blocks[2].register_forward_pre_hook(lambda *a: calls.append("late"))
-    teacher(x, t, layers)
+    teacher(x01, t, layers)
     assert calls == []  # nothing after the deepest requested block runs
 
 
 def test_class_label_modes(dit_dir):
-    x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([50, 50])
+    x, t = torch.rand(2, 3, 16, 16), torch.tensor([50, 50])
     layer = ("transformer_blocks.0",)
     null = load_teacher(str(dit_dir))(x, t, layer)[layer[0]]
     fixed = load_teacher(str(dit_dir), class_label=3)(x, t, layer)[layer[0]]

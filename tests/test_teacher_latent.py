@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from repfusion.cli import main
 from repfusion.errors import RepFusionError
-from repfusion.teachers import detect_kind, load_teacher
+from repfusion.teachers import detect_kind, load_teacher, model_pixels
 from repfusion.teachers.latent import LatentTeacher
 
 LAYERS = ("down_blocks.0.attentions.0", "mid_block.resnets.1.conv2")
@@ -56,18 +56,19 @@ def test_kind_load_and_frozen(ldm_dir, capsys):
 
 def test_encoding_scaling_noise_and_truncation(ldm_dir):
     teacher = load_teacher(str(ldm_dir))
-    x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([0, 600])
+    x01, t = torch.rand(2, 3, 16, 16), torch.tensor([0, 600])
+    x = model_pixels(x01)  # the VAE encodes [-1, 1] pixels; the teacher takes [0, 1] and maps them itself
     latents = teacher.encode(x)
     with torch.no_grad():
         expected = teacher.vae.encode(x).latent_dist.mode() * 0.5
     assert latents.shape == (2, 4, 4, 4) and torch.allclose(latents, expected)
-    cut, full = teacher(x, t, LAYERS), teacher(x, t, LAYERS, truncate=False)
+    cut, full = teacher(x01, t, LAYERS), teacher(x01, t, LAYERS, truncate=False)
     for name in LAYERS:
         assert torch.equal(cut[name], full[name])
     assert cut["mid_block.resnets.1.conv2"].shape == (2, 32, 2, 2)
     assert teacher.feature_shape("mid_block.resnets.1.conv2") == (32, 2, 2)
     noise = torch.randn(2, 4, 4, 4)
-    noised = teacher(x, t, LAYERS[1:], "noised", noise=noise)[LAYERS[1]]
+    noised = teacher(x01, t, LAYERS[1:], "noised", noise=noise)[LAYERS[1]]
     context = teacher.uncond.expand(2, -1, -1)
     by_hand = {}
     hook = teacher.unet.mid_block.resnets[1].conv2.register_forward_hook(lambda m, i, o: by_hand.update(f=o))
@@ -85,7 +86,7 @@ def test_unconditional_embedding_from_a_file(ldm_dir, tmp_path):
     save_file({"embedding": embedding}, tmp_path / "uncond.safetensors")
     teacher = load_teacher(str(ldm_dir), uncond_embedding=str(tmp_path / "uncond.safetensors"))
     assert torch.equal(teacher.uncond, embedding[None])
-    x, t = torch.rand(1, 3, 16, 16) * 2 - 1, torch.tensor([100])
+    x, t = torch.rand(1, 3, 16, 16), torch.tensor([100])
     zeros = load_teacher(str(ldm_dir))
     assert not torch.allclose(teacher(x, t, LAYERS[:1])[LAYERS[0]], zeros(x, t, LAYERS[:1])[LAYERS[0]])
     torch.save(torch.randn(7, 8), tmp_path / "wrong.pt")

@@ -15,7 +15,7 @@ def test_teacher_trains_saves_and_loads_as_a_teacher(tmp_path):
         assert (folder / name).exists()
     assert (run_dir / "samples.png").stat().st_size > 0
     teacher = load_teacher(str(folder))
-    out = teacher(torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([0, 10]))[DEFAULT_TEACHER_LAYER]
+    out = teacher(torch.rand(2, 3, 16, 16), torch.tensor([0, 10]))[DEFAULT_TEACHER_LAYER]
     assert out.shape == (2, 64, 8, 8)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3

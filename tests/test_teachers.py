@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from repfusion.errors import RepFusionError
-from repfusion.teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher, load_teacher, unet_from_preset
+from repfusion.features import FeatureTap
+from repfusion.teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher, load_teacher, model_pixels, unet_from_preset
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -25,7 +26,7 @@ def test_celebahq_preset_mid_block_width():
 
 def test_truncated_features_equal_full_forward_exactly():
     teacher = load_teacher("ddpm-cifar10-32")
-    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    x = torch.rand(3, 3, 32, 32)
     t = torch.tensor([0, 10, 999])
     layers = ("down_blocks.1.attentions.0", DEFAULT_TEACHER_LAYER, "mid_block.resnets.1.nonlinearity")
     truncated = teacher(x, t, layers)
@@ -48,7 +49,7 @@ def test_truncation_skips_the_decoder():
 
 def test_shared_activation_module_gives_its_last_call():
     teacher = load_teacher("tiny-16")
-    x, t = torch.rand(2, 3, 16, 16) * 2 - 1, torch.tensor([5, 500])
+    x, t = torch.rand(2, 3, 16, 16), torch.tensor([5, 500])
     a = teacher(x, t, ("mid_block.resnets.0.nonlinearity",))["mid_block.resnets.0.nonlinearity"]
     b = teacher(x, t, ("mid_block.resnets.0.nonlinearity",), truncate=False)["mid_block.resnets.0.nonlinearity"]
     assert torch.equal(a, b)
@@ -56,12 +57,14 @@ def test_shared_activation_module_gives_its_last_call():
 
 def test_clean_and_noised_modes():
     teacher = load_teacher("tiny-16")
-    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    x01 = torch.rand(2, 3, 16, 16)
+    x = model_pixels(x01)  # where the denoiser works; the teacher itself takes [0, 1]
     t = torch.tensor([300, 300])
     noise = torch.randn_like(x)
-    clean = teacher(x, t)[DEFAULT_TEACHER_LAYER]
-    noised = teacher(x, t, noise_mode="noised", noise=noise)[DEFAULT_TEACHER_LAYER]
-    by_hand = teacher(teacher.scheduler.add_noise(x, noise, t), t)[DEFAULT_TEACHER_LAYER]
+    clean = teacher(x01, t)[DEFAULT_TEACHER_LAYER]
+    noised = teacher(x01, t, noise_mode="noised", noise=noise)[DEFAULT_TEACHER_LAYER]
+    with FeatureTap(teacher.unet, [DEFAULT_TEACHER_LAYER]) as tap, torch.no_grad():
+        by_hand = tap.run(lambda: teacher.unet(teacher.scheduler.add_noise(x, noise, t), t)).pop()[DEFAULT_TEACHER_LAYER]
     assert torch.equal(noised, by_hand)
     assert not torch.allclose(clean, noised)
     abar = teacher.scheduler.alphas_cumprod[300]
@@ -135,3 +138,48 @@ def test_input_checks():
         teacher.check_input((1, 3, 15, 15))
     with pytest.raises(RepFusionError, match="trained on 16x16"):
         teacher.check_input((1, 3, 32, 32), require_native_size=True)
+
+
+def test_the_teacher_takes_images_in_0_1_and_maps_them_itself_the_one_way():
+    """teacher(x01) is the denoiser read at 2 * x01 - 1 (what every caller used to pass it); the probe and the
+    DDPM training's noise loss see the same pixels as before: `model_pixels` is the one [0, 1] -> [-1, 1] map."""
+    import re
+    from pathlib import Path
+
+    from torch.utils.data import TensorDataset
+
+    import repfusion
+    from repfusion.analysis.probe import pooled_features
+    from repfusion.features import pooled
+    from repfusion.teachers.ddpm_training import DDPMTraining
+    from repfusion.training import OptimConfig
+
+    teacher = load_teacher("tiny-16")
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    x01, t = images.float() / 255, torch.tensor([0, 10, 500, 999])
+    assert torch.equal(model_pixels(x01), x01 * 2 - 1) and torch.equal(model_pixels(x01), images.float() / 127.5 - 1)
+
+    def unet_read(pixels: torch.Tensor) -> torch.Tensor:  # the denoiser itself on [-1, 1] pixels
+        with FeatureTap(teacher.unet, [DEFAULT_TEACHER_LAYER]) as tap, torch.no_grad():
+            return tap.run(lambda: teacher.unet(pixels, t)).pop()[DEFAULT_TEACHER_LAYER]
+
+    assert torch.equal(teacher(x01, t)[DEFAULT_TEACHER_LAYER], unet_read(x01 * 2 - 1))
+    dataset = TensorDataset(images, torch.arange(4))
+    probe, _ = pooled_features(teacher, dataset, 10, "clean", [DEFAULT_TEACHER_LAYER], batch_size=4, seed=0)
+    t = torch.full((4,), 10)
+    assert (probe[DEFAULT_TEACHER_LAYER] == pooled(unet_read(images.float() / 127.5 - 1)).numpy()).all()
+
+    ddpm = DDPMTraining(teacher.unet, teacher.scheduler, OptimConfig(), 16)
+    torch.manual_seed(0)
+    loss = ddpm.diffusion_loss(x01)
+    torch.manual_seed(0)
+    x0 = x01 * 2 - 1
+    noise, steps = torch.randn_like(x0), torch.randint(0, 1000, (4,))
+    expected = torch.nn.functional.mse_loss(teacher.unet(teacher.scheduler.add_noise(x0, noise, steps), steps).sample,
+                                            noise)
+    assert torch.equal(loss, expected)
+
+    spellings = re.compile(r"(image\w*|pixels|x0?)\s*\*\s*2\s*-\s*1|127\.5|\.mul_?\(2\)\.sub_?\(1\)|2\s*\*\s*image")
+    src = Path(repfusion.__file__).parent
+    mapped = sorted(str(p.relative_to(src)) for p in src.rglob("*.py") if spellings.search(p.read_text()))
+    assert mapped == ["teachers/diffusion_teacher.py"], mapped

@@ -1,7 +1,9 @@
 """Reading intermediate activations by dotted module path (the torchdistill hook-manager pattern).
 
 `FeatureTap` stores the output of each requested module and can stop the forward pass right after
-the last of them has run, so nothing past the deepest requested layer is computed.
+the last of them has run, so nothing past the deepest requested layer is computed. It is the one way
+features are read by layer name here: the teachers' layers, the students' hooked layers and a wrapped
+network's own feature layer (`students.wrapper`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from .errors import unknown_name_error
 
 
 class StopForward(Exception):
-    """Raised from a hook once every requested feature has been read."""
+    """Raised from a hook once every requested feature has been read; it names the tap that raised it, so a
+    tap inside another network's forward (a wrapped student inside a tapped model) lets the outer tap's
+    stop pass through instead of swallowing it."""
+
+    def __init__(self, tap: FeatureTap) -> None:
+        super().__init__("every requested feature has been read")
+        self.tap = tap
 
 
 def first_tensor(output: object) -> torch.Tensor | None:
@@ -58,6 +66,11 @@ class CallPlan:
     calls: dict[str, int]
     last_layer: str
 
+    @classmethod
+    def first_call(cls, layer: str) -> CallPlan:
+        """Stop right after the first call of `layer` (no trace needed: one layer, read once)."""
+        return cls(calls={layer: 1}, last_layer=layer)
+
 
 def plan_calls(model: nn.Module, layers: Sequence[str], run: Callable[[], object]) -> CallPlan:
     """Trace one forward pass to learn call counts and execution order of the requested modules."""
@@ -90,7 +103,7 @@ class FeatureTap:
 
     A module called several times per forward (a shared activation, say) yields its last output.
     With `plan` given, the forward is interrupted (`StopForward`) right after the final call of the
-    last requested module.
+    last requested module; `run` runs a forward and ends it there.
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str], plan: CallPlan | None = None) -> None:
@@ -108,7 +121,7 @@ class FeatureTap:
             self._seen[name] = self._seen.get(name, 0) + 1
             plan = self.plan
             if plan is not None and name == plan.last_layer and self._seen[name] == plan.calls[name]:
-                raise StopForward
+                raise StopForward(self)
 
         return hook
 
@@ -126,6 +139,20 @@ class FeatureTap:
         out, self._outputs, self._seen = self._outputs, {}, {}
         return out
 
+    def calls(self, layer: str) -> int:
+        """How often `layer` ran since the last `pop` (0: the forward never reached it)."""
+        return self._seen.get(layer, 0)
+
+    def run(self, forward: Callable[[], object]) -> FeatureTap:
+        """Call `forward` with the hooks in place (read the features with `pop`). This tap's own early stop
+        ends the forward; another tap's `StopForward` propagates to the tap that raised it."""
+        try:
+            forward()
+        except StopForward as stop:
+            if stop.tap is not self:
+                raise
+        return self
+
 
 def pooled(feature: torch.Tensor) -> torch.Tensor:
     """Global average pool (B, C, H, W) -> (B, C); vectors pass through."""
@@ -135,8 +162,7 @@ def pooled(feature: torch.Tensor) -> torch.Tensor:
 def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     """The output of one named module for input `x` (the whole forward runs)."""
     with FeatureTap(model, [layer]) as tap:
-        model(x)
-        return tap.pop()[layer]
+        return tap.run(lambda: model(x)).pop()[layer]
 
 
 def output_shapes(model: nn.Module, run: Callable[[], object]) -> list[tuple[str, str, tuple[int, ...] | None]]:

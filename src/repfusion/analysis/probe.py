@@ -43,7 +43,7 @@ def pooled_features(teacher: DiffusionTeacher, dataset: Dataset, t: int, mode: s
     feats: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     labels = []
     for images, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        x = images.float() / 127.5 - 1
+        x = images.float() / 255  # [0, 1]: the teacher maps its input itself
         steps = torch.full((len(x),), t, dtype=torch.long)
         # the noise lives where the denoiser works (latents for latent and DiT teachers), drawn from `generator`
         out = teacher(x, steps, tuple(layers), mode, labels=torch.as_tensor(y), generator=generator)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import kornia.augmentation as K
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Augment:
+    """What a stage's training augmentation does (`BatchAugment` builds it): a random crop back to
+    `image_size` after `crop_padding` zero padding (0: none) and, with `flip`, a random horizontal flip."""
+
+    image_size: int
+    crop_padding: int = 4
+    flip: bool = True
 
 
 class BatchAugment(nn.Module):

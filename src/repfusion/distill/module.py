@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.augment import Normalize
+from ..data.augment import Augment
 from ..data.device_data import pool_images, pool_labels
 from ..features import FeatureTap, pooled
 from ..teachers import DiffusionTeacher
@@ -24,7 +24,8 @@ from ..errors import RepFusionError
 from ..run import nonfinite_message
 from ..run.loggers import log_histogram
 from .cache import CachedTargets, StoredViews
-from .timesteps import NonFiniteError, ReinforcedTimestep, TimestepStrategy
+from .parts import Objective, StudentTap, TeacherTap, TimestepPolicy
+from .timesteps import NonFiniteError, ReinforcedTimestep
 
 HISTOGRAM_BINS = 20
 
@@ -39,38 +40,38 @@ def fused_target(maps: dict[str, torch.Tensor], layers: Sequence[str]) -> torch.
 
 def teacher_target(teacher: DiffusionTeacher, images01: torch.Tensor, t: torch.Tensor, layers: Sequence[str],
                    noise_mode: str = "clean", labels: torch.Tensor | None = None, truncate: bool = True) -> torch.Tensor:
-    """f_T(x, t) before any standardisation: the teacher's layer(s) for float [0, 1] images (mapped to the
-    teacher's [-1, 1] here), one map or the fused pooled features of several layers."""
+    """f_T(x, t) before any standardisation: the teacher's layer(s) for float [0, 1] images (the teacher maps
+    them to its own range), one map or the fused pooled features of several layers."""
     teacher.eval()  # Lightning restores saved per-module modes directly, bypassing train()
-    maps = teacher(images01 * 2 - 1, t, layers, noise_mode, truncate=truncate, labels=labels)
+    maps = teacher(images01, t, layers, noise_mode, truncate=truncate, labels=labels)
     return fused_target(maps, layers)
 
 
 class Distillation(Stage):
-    """Receives built parts; the teacher is frozen, out of the optimiser and out of checkpoints."""
+    """Receives its built parts (`distill.parts`: teacher tap, student tap, objective, timestep policy) with the
+    augmentation and the optimiser settings; the teacher is frozen, out of the optimiser and out of checkpoints."""
 
-    def __init__(self, teacher: DiffusionTeacher, student: nn.Module, distill_loss: nn.Module,
-                 timesteps: TimestepStrategy, reward_head: nn.Module, optim: OptimConfig, image_size: int,
-                 teacher_layer: str | Sequence[str], student_layer: str, noise_mode: str = "clean", kd_weight: float = 1.0,
-                 normalize: Normalize | None = None, crop_padding: int = 4, flip: bool = True,
-                 target_norm: nn.Module | None = None) -> None:
-        super().__init__(image_size, optim, crop_padding, flip)
-        self.teacher = teacher
-        self.student = student
-        self.distill_loss = distill_loss
-        self.timesteps = timesteps
-        self.reward_head = reward_head
-        self.normalize = normalize or Normalize()
-        self.teacher_layers = (teacher_layer,) if isinstance(teacher_layer, str) else tuple(teacher_layer)
-        self.student_layer = student_layer
-        self.noise_mode, self.kd_weight = noise_mode, kd_weight
-        self.target_norm = target_norm
-        self.head_uniform_t = bool(getattr(timesteps.cfg, "head_uniform_t", False)) and isinstance(
-            timesteps, ReinforcedTimestep)
+    def __init__(self, teacher: TeacherTap, student: StudentTap, objective: Objective, policy: TimestepPolicy,
+                 augment: Augment, optim: OptimConfig) -> None:
+        super().__init__(augment.image_size, optim, augment.crop_padding, augment.flip)
+        # registered in this order (and under these names) since the first version: the state-dict keys and the
+        # optimiser's parameter order that saved checkpoints resume with
+        self.teacher = teacher.teacher
+        self.student = student.student
+        self.distill_loss = objective.distill_loss
+        self.timesteps = policy.strategy
+        self.reward_head = policy.reward_head
+        self.normalize = student.normalize
+        self.teacher_layers = tuple(teacher.layers)
+        self.student_layer = student.layer
+        self.noise_mode, self.kd_weight = teacher.noise_mode, objective.kd_weight
+        self.target_norm = teacher.target_norm
+        self.head_uniform_t = bool(getattr(self.timesteps.cfg, "head_uniform_t", False)) and isinstance(
+            self.timesteps, ReinforcedTimestep)
         self.truncate_teacher = True  # False re-creates the reference: full UNet forward, read by a hook
         # DDP's documented opt-out: the frozen teacher is neither broadcast nor bucketed for all-reduce.
-        self._ddp_params_and_buffers_to_ignore = [f"teacher.{n}" for n, _ in teacher.named_parameters()] + [
-            f"teacher.{n}" for n, _ in teacher.named_buffers()]
+        self._ddp_params_and_buffers_to_ignore = [f"teacher.{n}" for n, _ in self.teacher.named_parameters()] + [
+            f"teacher.{n}" for n, _ in self.teacher.named_buffers()]
         self.t_counts = torch.zeros(HISTOGRAM_BINS)  # this epoch's draws, kept on the training device
         self.t_history: list[list[float]] = []
         self.t_draws: list[list[float]] = []  # each finished epoch's draws per bin (TensorBoard's histogram)
@@ -80,7 +81,7 @@ class Distillation(Stage):
         self.cache: CachedTargets | None = None
         self.cache_labels: torch.Tensor | None = None
         self._epoch_draw: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, order, views)
-        self.crop_padding, self.flip = crop_padding, flip
+        self.crop_padding, self.flip = augment.crop_padding, augment.flip
 
     def enable_cache(self, views: int, seed: int) -> None:
         """Teacher targets computed once per training image and stored view (`distill.cache`) at the start of

@@ -13,6 +13,7 @@ from torch import nn
 from ..analysis.plots import plot_curves, plot_timestep_history
 from ..config import JSONValue
 from ..data import DataConfig, ImageDataModule, Normalize
+from ..data.augment import Augment
 from ..data.datasets import dataset_targets
 from ..checks import check_run_config
 from ..errors import RepFusionError
@@ -23,6 +24,7 @@ from ..teachers import DEFAULT_TEACHER_LAYER, load_teacher
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
 from .losses import build_loss
 from .module import Distillation
+from .parts import Objective, StudentTap, TeacherTap, TimestepPolicy
 from .rewards import build_reward
 from .target_norm import build_target_norm
 from .timesteps import TimestepConfig, build_strategy
@@ -167,9 +169,12 @@ def build_distillation(cfg: DistillRun, datamodule: ImageDataModule, student: nn
     target_norm = build_target_norm(cfg.loss.target_norm, teacher_shape[0], teacher.num_timesteps,
                                     cfg.loss.target_bins, pooled=cfg.loss.pooled_stats())
     module = Distillation(
-        teacher, student, loss, build_strategy(cfg.timesteps, teacher.num_timesteps), reward, cfg.optim, height,
-        layers, student_layer, cfg.teacher.noise_mode, cfg.loss.kd_weight,
-        Normalize(cfg.data.mean, cfg.data.std), cfg.data.crop_padding, cfg.data.flip, target_norm,
+        TeacherTap(teacher, layers, cfg.teacher.noise_mode, target_norm),
+        StudentTap(student, student_layer, Normalize(cfg.data.mean, cfg.data.std)),
+        Objective(loss, cfg.loss.kd_weight),
+        TimestepPolicy(build_strategy(cfg.timesteps, teacher.num_timesteps), reward),
+        Augment(height, cfg.data.crop_padding, cfg.data.flip),
+        cfg.optim,
     )
     if cfg.cache_views:
         module.enable_cache(cfg.cache_views, cfg.trainer.seed)

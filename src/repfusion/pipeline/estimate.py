@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..analysis.controls import steps_per_epoch
 from ..students import build_student
-from ..teachers import DiffusionTeacher
+from ..teachers import DiffusionTeacher, model_pixels
 from .config import PretrainRun
 from .inspect import DataFacts
 
@@ -121,7 +121,7 @@ def time_models(teacher: DiffusionTeacher, arch: str, width: float, image_size: 
                 finetune_batch: int, classes: int, train_teacher: bool, device: torch.device) -> StepTimes:
     """A few steps of each model at the stage's batch size, on random images in [-1, 1] (timing only)."""
     generator = torch.Generator().manual_seed(0)
-    x = (torch.rand(batch, 3, image_size, image_size, generator=generator) * 2 - 1).to(device)
+    x = model_pixels(torch.rand(batch, 3, image_size, image_size, generator=generator)).to(device)
     t = torch.zeros(batch, dtype=torch.long, device=device)
     teacher = teacher.to(device)
     teacher_train = 0.0

@@ -19,14 +19,10 @@ from diffusers import ConfigMixin
 from torch import nn
 
 from ..errors import RepFusionError, unknown_name_error
+from ..features import CallPlan, FeatureTap
 from ..pretrained import PretrainedModel
 
 OWN_NAMES = ("fc", "pool")  # the wrapper's own children: a net's child of these names cannot be part of the student
-
-
-class _FeatureReady(Exception):
-    """Stops the wrapped net's forward once its feature layer has run (not `features.StopForward`, which a
-    caller's own tap raises through us)."""
 
 
 def _first_param(module: nn.Module) -> torch.Tensor | None:
@@ -52,14 +48,14 @@ class NetWrapper(PretrainedModel, ConfigMixin):
             raise RepFusionError(f"{arch} needs the name of its feature layer (a submodule whose output is the "
                                  "B x C x H x W feature map, e.g. 'layer4'); list them with `repfusion layers`.")
         try:
-            target = net.get_submodule(feature_layer)
+            net.get_submodule(feature_layer)
         except AttributeError:
             names = [name for name, _ in net.named_modules() if name]
             raise unknown_name_error(f"feature layer of {arch}", feature_layer, names) from None
         object.__setattr__(self, "_net", net)  # not a submodule: its children are adopted one by one below
         self.feature_layer = feature_layer
         self.default_image_size = image_size
-        shape, used = self._trace(target, in_channels, image_size, arch)
+        shape, used = self._trace(in_channels, image_size, arch)
         for name, child in net.named_children():
             if name in used:
                 if name in OWN_NAMES:
@@ -76,32 +72,25 @@ class NetWrapper(PretrainedModel, ConfigMixin):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.feature_channels, num_classes) if num_classes > 0 else None
 
-    def _trace(self, target: nn.Module, in_channels: int, image_size: int, arch: str) -> tuple[torch.Size, set[str]]:
+    def _trace(self, in_channels: int, image_size: int, arch: str) -> tuple[torch.Size, set[str]]:
         """The feature map's shape on one dummy image and the top-level children that ran before it."""
         net: nn.Module = self._net
         used: set[str] = set()
-        found: list[torch.Size] = []
 
         def mark(name: str):
             return lambda _module, _inputs: used.add(name)
 
-        def stop(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            found.append(output.shape if isinstance(output, torch.Tensor) else torch.Size())
-            raise _FeatureReady
-
         handles = [child.register_forward_pre_hook(mark(name)) for name, child in net.named_children()]
-        handles.append(target.register_forward_hook(stop))
         param = _first_param(net)
         x = torch.zeros(1, in_channels, image_size, image_size,  # meta when diffusers builds it empty
                         device=param.device if param is not None else "cpu",
                         dtype=param.dtype if param is not None else torch.float32)
         was_training = net.training
         net.eval()
+        tap = FeatureTap(net, [self.feature_layer], CallPlan.first_call(self.feature_layer))
         try:
-            with torch.no_grad():
-                net(x)
-        except _FeatureReady:
-            pass
+            with torch.no_grad(), tap:
+                tap.run(lambda: net(x))
         except (RuntimeError, ValueError, TypeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RepFusionError(f"{arch} fails on a {in_channels} x {image_size} x {image_size} image ({first}); "
@@ -110,32 +99,23 @@ class NetWrapper(PretrainedModel, ConfigMixin):
             for handle in handles:
                 handle.remove()
             net.train(was_training)
-        if not found:
+        ran, feature = tap.calls(self.feature_layer), tap.pop().get(self.feature_layer)
+        if not ran:
             raise RepFusionError(f"The feature layer '{self.feature_layer}' of {arch} never runs in its forward; "
                                  "name a layer the forward calls (list them with `repfusion layers`).")
-        if len(found[0]) != 4:
+        shape = feature.shape if feature is not None else torch.Size()
+        if len(shape) != 4:
             raise RepFusionError(f"The feature layer '{self.feature_layer}' of {arch} gives a "
-                                 f"{' x '.join(map(str, found[0])) or 'non-tensor'} output, not a B x C x H x W "
+                                 f"{' x '.join(map(str, shape)) or 'non-tensor'} output, not a B x C x H x W "
                                  "map; name a convolutional layer (or choose a convolutional network).")
-        return found[0], used
+        return shape, used
 
     # 1. features, 2. pooled features or logits
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The feature layer's B x C x H x W output; the wrapped net stops right after it."""
-        out: list[torch.Tensor] = []
-
-        def grab(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            out.append(output)
-            raise _FeatureReady
-
-        handle = self._net.get_submodule(self.feature_layer).register_forward_hook(grab)
-        try:
-            self._net(x)
-        except _FeatureReady:
-            pass
-        finally:
-            handle.remove()
-        return out[0]
+        """The feature layer's B x C x H x W output; the wrapped net stops right after it (a `FeatureTap`
+        ending at the layer's first call, as the trace at construction did)."""
+        with FeatureTap(self._net, [self.feature_layer], CallPlan.first_call(self.feature_layer)) as tap:
+            return tap.run(lambda: self._net(x)).pop()[self.feature_layer]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.flatten(self.pool(self.forward_features(x)), 1)

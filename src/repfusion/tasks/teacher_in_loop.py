@@ -17,7 +17,6 @@ once per image and stored view, at fit start).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from ..distill.cache import CachedTargets, StoredViews
 from ..distill.losses import build_loss
 from ..distill.run import HEAD_FILE, LossSection
 from ..distill.module import teacher_target
+from ..distill.parts import TeacherTap
 from ..distill.target_norm import build_target_norm
 from ..errors import RepFusionError
 from ..features import FeatureTap, layer_output
@@ -67,15 +67,16 @@ class TeacherInLoopSection:
 class InLoopDistillation(nn.Module):
     """The init's distillation term, rebuilt: frozen teacher, trainable adapter, frozen target statistics."""
 
-    def __init__(self, teacher: nn.Module, loss: nn.Module, target_norm: nn.Module | None,
-                 teacher_layers: Sequence[str], student_layer: str, t: int, noise_mode: str) -> None:
+    def __init__(self, teacher: TeacherTap, loss: nn.Module, student_layer: str, t: int) -> None:
         super().__init__()
-        self.teacher, self.loss, self.target_norm = teacher, loss, target_norm
+        # the distillation's own teacher tap (f_T standardised as it saw it); registered as teacher, loss,
+        # target_norm, the names a fine-tuning checkpoint holds
+        self.teacher, self.loss, self.target_norm = teacher.teacher, loss, teacher.target_norm
         self.teacher.requires_grad_(False)
         if self.target_norm is not None:
             self.target_norm.requires_grad_(False)
-        self.teacher_layers, self.student_layer = tuple(teacher_layers), student_layer
-        self.t, self.noise_mode = int(t), noise_mode
+        self.teacher_layers, self.student_layer = tuple(teacher.layers), student_layer
+        self.t, self.noise_mode = int(t), teacher.noise_mode
 
     def train(self, mode: bool = True) -> InLoopDistillation:
         """Only the adapter trains: the teacher and the target statistics stay frozen (eval) throughout."""
@@ -161,8 +162,8 @@ def build_in_loop(init: str | None, student: nn.Module, student_layer: str, sect
             raise RepFusionError(f"The distillation head saved with {folder} does not fit its distillation.json "
                                  f"({prefix.rstrip('.')}); distil again, or set teacher_in_loop.weight to 0.")
         part.load_state_dict(saved)
-    return InLoopDistillation(teacher, loss, target_norm, layers, student_layer, t, teacher_cfg.get("noise_mode",
-                                                                                                    "clean"))
+    tap = TeacherTap(teacher, layers, teacher_cfg.get("noise_mode", "clean"), target_norm)
+    return InLoopDistillation(tap, loss, student_layer, t)
 
 
 class TeacherInLoop(nn.Module):

@@ -12,6 +12,7 @@ from diffusers.utils import make_image_grid
 from ..io import atomic_write, replace_dir, staging_dir
 from ..stage import Stage
 from ..training import OptimConfig
+from .diffusion_teacher import model_pixels
 
 
 class DDPMTraining(Stage):
@@ -27,7 +28,7 @@ class DDPMTraining(Stage):
         return [self.unet]
 
     def diffusion_loss(self, images01: torch.Tensor) -> torch.Tensor:
-        x0 = images01 * 2 - 1
+        x0 = model_pixels(images01)  # the noise loss works where the teachers read: [-1, 1]
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         return F.mse_loss(self.unet(self.scheduler.add_noise(x0, noise, t), t).sample, noise)

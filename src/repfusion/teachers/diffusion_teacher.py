@@ -10,16 +10,24 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
 from ..errors import RepFusionError
-from ..features import CallPlan, FeatureTap, StopForward, output_shapes, plan_calls
+from ..features import CallPlan, FeatureTap, output_shapes, plan_calls
 
 DEFAULT_TEACHER_LAYER = "mid_block.resnets.1.conv2"
 NoiseMode = Literal["clean", "noised"]
 
 
+def model_pixels(images01: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] images -> the [-1, 1] pixels diffusion models are trained on: the one definition of this
+    mapping. The teachers apply it themselves (`DiffusionTeacher.forward` takes [0, 1] images like every other
+    part), and the DDPM training's noise loss works on its output."""
+    return images01 * 2 - 1
+
+
 class DiffusionTeacher(nn.Module):
     """Frozen epsilon-prediction UNet whose activations at timestep t are the distillation target.
 
-    Pixels are expected in [-1, 1] (the range DDPMs are trained on). In `clean` mode the image is fed
+    Images come in as float [0, 1], like everywhere else; the teacher maps them to the [-1, 1] its denoiser
+    was trained on (`model_pixels`), so no caller maps them. In `clean` mode the image is fed
     as is with the embedding of t, as the reference implementation does; in `noised` mode it is first
     noised with the teacher's own scheduler (`add_noise`). The forward pass stops right after the
     deepest requested layer. The frozen networks' weights stay out of `state_dict()` so training
@@ -86,7 +94,8 @@ class DiffusionTeacher(nn.Module):
         check_unet_input(self.unet, shape, require_native_size)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """What the denoiser takes: the pixels themselves here, VAE latents for latent teachers."""
+        """What the denoiser takes from [-1, 1] pixels: the pixels themselves here, VAE latents for latent
+        teachers."""
         return pixels
 
     def noised(self, pixels: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor | None = None,
@@ -133,7 +142,7 @@ class DiffusionTeacher(nn.Module):
     @torch.no_grad()
     def forward(
         self,
-        pixels: torch.Tensor,
+        images01: torch.Tensor,
         timesteps: torch.Tensor,
         layers: Sequence[str] = (DEFAULT_TEACHER_LAYER,),
         noise_mode: NoiseMode = "clean",
@@ -142,7 +151,7 @@ class DiffusionTeacher(nn.Module):
         labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Features of `pixels` (B, C, H, W in [-1, 1]) at `timesteps` (B,), one tensor per layer name.
+        """Features of `images01` (B, C, H, W, float in [0, 1]) at `timesteps` (B,), one tensor per layer name.
 
         Args:
             layers (`Sequence[str]`): dotted module paths, see `repfusion layers`.
@@ -156,18 +165,15 @@ class DiffusionTeacher(nn.Module):
         layers = tuple(layers)  # unknown names raise in plan_calls / FeatureTap, naming the closest ones
         if noise_mode not in ("clean", "noised"):
             raise RepFusionError(f"noise_mode must be 'clean' or 'noised', not '{noise_mode}'.")
-        self.check_input(pixels.shape)
-        timesteps = timesteps.to(pixels.device).long()
-        y = self.class_labels(len(pixels), labels, pixels.device)
-        x = self.encode(pixels)
+        self.check_input(images01.shape)
+        timesteps = timesteps.to(images01.device).long()
+        y = self.class_labels(len(images01), labels, images01.device)
+        x = self.encode(model_pixels(images01))
         x = x if noise_mode == "clean" else self.noised(x, timesteps, noise, generator)
         plan = self._plan(layers, x, timesteps, y) if truncate and layers else None
         with FeatureTap(self.unet, layers, plan) as tap:
-            try:
-                self.denoise(x, timesteps, y)
-            except StopForward:
-                pass
-            return {name: self.as_map(f, x) for name, f in tap.pop().items()}
+            features = tap.run(lambda: self.denoise(x, timesteps, y)).pop()
+        return {name: self.as_map(f, x) for name, f in features.items()}
 
     def feature_shape(self, layer: str, image_size: int | None = None) -> tuple[int, ...]:
         """(C, H, W) of one layer's output for an input of the given size."""
