@@ -166,6 +166,13 @@ class DiffusionTeacher(nn.Module):
         if noise_mode not in ("clean", "noised"):
             raise RepFusionError(f"noise_mode must be 'clean' or 'noised', not '{noise_mode}'.")
         self.check_input(images01.shape)
+        if not getattr(self, "_range_checked", False):  # once: a [-1, 1] caller (the old API) is told, not misread
+            low, high = float(images01.min()), float(images01.max())
+            if low < -1e-3 or high > 1 + 1e-3:
+                raise RepFusionError(f"The teacher takes float images in [0, 1] and maps them to [-1, 1] itself, but "
+                                     f"got values from {low:.3g} to {high:.3g}; pass the images before any [-1, 1] "
+                                     f"mapping (or divide uint8 pixels by 255).")
+            self._range_checked = True
         timesteps = timesteps.to(images01.device).long()
         y = self.class_labels(len(images01), labels, images01.device)
         x = self.encode(model_pixels(images01))
