@@ -57,9 +57,6 @@ class Plan:
 
 def check_pretrain(cfg: PretrainRun) -> None:
     """One sentence per bad value, before anything is loaded or written."""
-    from ..checks import check_run_config
-
-    check_run_config(cfg)
     for name, value in (("seeds", cfg.seeds), ("teacher.epochs", cfg.teacher.epochs),
                         ("distill.epochs", cfg.distill.epochs), ("finetune.epochs", cfg.finetune.epochs),
                         ("choice.max_images", cfg.choice.max_images)):
