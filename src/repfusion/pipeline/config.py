@@ -120,6 +120,7 @@ class DistillBudget(StageBudget):
     (pooled: the target standardised by the pooled feature's statistics, about unit scale on the loss grid)."""
 
     KEY: ClassVar[str] = "distill"
+
     loss: str = "hint"
     projector: str = "mlp"
     target_stats: str = "pooled"
@@ -137,6 +138,7 @@ class FinetuneBudget(StageBudget):
     """
 
     KEY: ClassVar[str] = "finetune"
+
     head_init: str = "random"
     head_epochs: int = 0
     backbone_lr_scale: float = 1.0
