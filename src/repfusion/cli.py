@@ -235,7 +235,6 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
 def _probe_data(args: argparse.Namespace, image_size: int | None, run: dict | None = None):
     """The probe's data section: the training verbs' defaults, so a single folder's hold-out is theirs; a
     student run's own data (source, root, size, labels, split) when no --data.source is given."""
-    from .checks import check_data_config
     from .data import DataConfig
 
     defaults = DataConfig()
@@ -247,7 +246,6 @@ def _probe_data(args: argparse.Namespace, image_size: int | None, run: dict | No
     else:
         data = DataConfig(source=args.data or "digits", root=args.root, image_size=image_size,
                           split_seed=defaults.split_seed if args.split_seed is None else args.split_seed)
-    check_data_config(data)
     return data
 
 

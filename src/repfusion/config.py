@@ -147,6 +147,9 @@ def parse_config(parser: ArgumentParser, schema: type[T], argv: list[str]) -> Pa
     """Parse flags (and --config files) into an instance of `schema`, plus --run-dir and --resume.
 
     Nothing is imported or instantiated from the input: the schema's own dataclasses are the only classes built.
+    Building them checks the values a type cannot express (ranges, Lightning's choices): each section's and the
+    schema's own `__post_init__` raise a one-sentence RepFusionError (`repfusion.section`), which jsonargparse
+    passes through and which is re-raised here as it is, before anything is built or written.
     """
     check_input_is_data(argv)
     _deny_imports()
@@ -161,7 +164,6 @@ def parse_config(parser: ArgumentParser, schema: type[T], argv: list[str]) -> Pa
     found = _class_key(_as_data(config), "")
     if found:  # a free-form field given `class_path` as a plain key: still refused, never passed on
         raise _refuse_class(found, "The config")
-    check_values(config)
     run_dir = Path(built["run_dir"]) if built["run_dir"] else None
     return ParsedRun(config, namespace, run_dir, bool(built["resume"]))
 
@@ -180,13 +182,6 @@ def _as_data(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_as_data(v) for v in obj]
     return obj
-
-
-def check_values(config: Any) -> None:
-    """Values a type cannot express (ranges, Lightning's choices), checked before anything is built or written."""
-    from .checks import check_run_config
-
-    check_run_config(config)
 
 
 # What a resumed run may change: how and where it runs, how long, how much it reports; not what it trains.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -22,16 +23,26 @@ from .jsondata import JSONValue
 from .run import AtomicCheckpointIO, EpochCheckpoint, RunState, nonfinite_message
 from .run.loggers import TensorBoardResume, build_loggers, check_loggers
 from .run.progress_lines import LineProgress, stdout_is_terminal
+from .section import Section, finite_number, whole_number
 from .run import prepare_run as prepare_run, restore_finished as restore_finished  # the runners' entry
 from .run import resume_path as resume_path  # points
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("step", "cosine", "poly", "constant")
+PROFILERS = ("simple", "advanced", "pytorch", "xla")
+
+
 @dataclass
-class OptimConfig:
+class OptimConfig(Section):
     """One optimiser and schedule for all stages (the paper: SGD 0.1, momentum 0.9, wd 1e-4, x0.1 steps).
 
     milestones are epochs; when absent they sit at 50 % and 75 % of max_epochs (100/150 of 200).
+    Checked when built (`repfusion.section`): lr > 0, momentum in [0, 1), weight_decay >= 0, gamma > 0,
+    warmup >= 0, a known optimiser and schedule.
     """
+
+    KEY: ClassVar[str] = "optim"
 
     name: str = "sgd"
     lr: float = 0.1
@@ -43,6 +54,32 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: int = 0
     backbone_lr_scale: float = 1.0  # classification fine-tuning: the backbone's lr over the head's
+
+    def __post_init__(self) -> None:
+        name = self.KEY
+        if self.name not in OPTIMIZERS:
+            raise RepFusionError(f"{name}.name must be one of {', '.join(OPTIMIZERS)}, not '{self.name}'.")
+        if self.schedule not in SCHEDULES:
+            raise RepFusionError(f"{name}.schedule must be one of {', '.join(SCHEDULES)}, not '{self.schedule}'.")
+        if not finite_number(self.lr) or self.lr <= 0:
+            raise RepFusionError(f"{name}.lr must be a positive learning rate (e.g. 0.1 for sgd, 2e-4 for adamw), "
+                                 f"not {self.lr}.")
+        if not finite_number(self.momentum) or not 0 <= self.momentum < 1:
+            raise RepFusionError(f"{name}.momentum must be in [0, 1), not {self.momentum}.")
+        if not finite_number(self.weight_decay) or self.weight_decay < 0:
+            raise RepFusionError(f"{name}.weight_decay must be 0 or more, not {self.weight_decay}.")
+        if not finite_number(self.gamma) or self.gamma <= 0:
+            raise RepFusionError(f"{name}.gamma must be a positive factor (0.1 divides the lr by 10), not "
+                                 f"{self.gamma}.")
+        if not finite_number(self.warmup_epochs) or self.warmup_epochs < 0:
+            raise RepFusionError(f"{name}.warmup_epochs must be 0 or more, not {self.warmup_epochs}.")
+        scale = self.backbone_lr_scale
+        if not finite_number(scale) or not 0 <= scale <= 10:
+            raise RepFusionError(f"{name}.backbone_lr_scale must be a number in [0, 10] (1: one learning rate; 0 "
+                                 f"freezes the backbone), not {scale}.")
+        if self.milestones is not None and any(not whole_number(m) or m < 1 for m in self.milestones):
+            raise RepFusionError(f"{name}.milestones must be epochs >= 1 (or null for 50 % and 75 % of "
+                                 f"max_epochs), not {self.milestones}.")
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter] | list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -99,7 +136,12 @@ class TrainerConfig:
 
     logger: csv, tensorboard, wandb, mlflow, one name or a list (`--trainer.logger [csv,wandb]`); null = csv
     plus tensorboard when installed. metrics.csv is always written (`repfusion.run.loggers`).
+
+    Checked when built (`repfusion.section`): one sentence for every value Lightning would otherwise reject
+    with a traceback only once training starts (or silently misread), `extra` included.
     """
+
+    KEY: ClassVar[str] = "trainer"
 
     max_epochs: int = 200
     max_steps: int = -1
@@ -122,6 +164,52 @@ class TrainerConfig:
     progress: bool = True
     logger: str | list[str] | None = None
     extra: dict[str, JSONValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        name = self.KEY
+        if self.max_epochs < 1 and not (self.max_epochs == -1 and self.max_steps >= 1):
+            raise RepFusionError(f"{name}.max_epochs must be at least 1 (or -1 with {name}.max_steps set), "
+                                 f"not {self.max_epochs}.")
+        if self.max_steps < 1 and self.max_steps != -1:
+            raise RepFusionError(f"{name}.max_steps must be at least 1, or -1 for no limit, not {self.max_steps}.")
+        if str(self.accelerator) not in ACCELERATORS:
+            raise RepFusionError(f"{name}.accelerator must be one of {', '.join(ACCELERATORS)}, not "
+                                 f"'{self.accelerator}'.")
+        if self.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise RepFusionError(f"{name}.accelerator is '{self.accelerator}' but torch sees no CUDA GPU here; "
+                                 "use cpu or auto.")
+        if str(self.precision) not in _precisions():
+            raise RepFusionError(f"{name}.precision must be one of {', '.join(_precisions()[2:8])} "
+                                 f"(Lightning's names), not '{self.precision}'.")
+        check_fast_paths(self.channels_last, self.compile)
+        if isinstance(self.devices, int) and self.devices == 0 or isinstance(self.devices, list) and not self.devices:
+            raise RepFusionError(f"{name}.devices must name at least one device (a count, a list of ids, or auto).")
+        if self.num_nodes < 1:
+            raise RepFusionError(f"{name}.num_nodes must be at least 1, not {self.num_nodes}.")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise RepFusionError(f"{name}.ema_decay must be in [0, 1) (or null for no EMA), not {self.ema_decay}.")
+        _check_limit(self.limit_train_batches, f"{name}.limit_train_batches")
+        _check_limit(self.limit_val_batches, f"{name}.limit_val_batches")
+        if self.limit_train_batches == 0:
+            raise RepFusionError(f"{name}.limit_train_batches 0 would train nothing; give a number of batches >= 1.")
+        if self.check_val_every_n_epoch < 1:
+            raise RepFusionError(f"{name}.check_val_every_n_epoch must be at least 1, not "
+                                 f"{self.check_val_every_n_epoch}.")
+        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
+            raise RepFusionError(f"{name}.checkpoint_every_n_steps must be at least 1 (or null for epoch ends "
+                                 f"only), not {self.checkpoint_every_n_steps}.")
+        if self.log_every_n_steps < 1:
+            raise RepFusionError(f"{name}.log_every_n_steps must be at least 1, not {self.log_every_n_steps}.")
+        check_loggers(self.logger, f"{name}.logger")
+        for key in self.extra:
+            if key not in EXTRA_TRAINER_KEYS:
+                own = {f.name for f in fields(TrainerConfig)}
+                hint = f"set {name}.{key} instead" if key in own else f"it accepts {', '.join(EXTRA_TRAINER_KEYS)}"
+                raise RepFusionError(f"{name}.extra does not accept the Trainer argument '{key}'; {hint}.")
+        _check_strategy_devices(self.strategy, self.devices, name)
+        _check_extra(dict(self.extra), name)
+        if not whole_number(self.seed) or not 0 <= self.seed <= SEED_LIMIT:
+            raise RepFusionError(f"{name}.seed must be a whole number in [0, {SEED_LIMIT}], not {self.seed}.")
 
 
 # Trainer arguments `extra` may set: plain values that do not clash with what build_trainer sets itself.
@@ -148,45 +236,76 @@ def _check_limit(value: int | float | None, key: str) -> None:
                              f"not {value}.")
 
 
-def check_trainer_config(cfg: TrainerConfig, name: str = "trainer") -> None:
-    """One sentence for every value Lightning would otherwise reject with a traceback (or silently misread)."""
-    if cfg.max_epochs < 1 and not (cfg.max_epochs == -1 and cfg.max_steps >= 1):
-        raise RepFusionError(f"{name}.max_epochs must be at least 1 (or -1 with {name}.max_steps set), "
-                             f"not {cfg.max_epochs}.")
-    if cfg.max_steps < 1 and cfg.max_steps != -1:
-        raise RepFusionError(f"{name}.max_steps must be at least 1, or -1 for no limit, not {cfg.max_steps}.")
-    if str(cfg.accelerator) not in ACCELERATORS:
-        raise RepFusionError(f"{name}.accelerator must be one of {', '.join(ACCELERATORS)}, not '{cfg.accelerator}'.")
-    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise RepFusionError(f"{name}.accelerator is '{cfg.accelerator}' but torch sees no CUDA GPU here; "
-                             "use cpu or auto.")
-    if str(cfg.precision) not in _precisions():
-        raise RepFusionError(f"{name}.precision must be one of {', '.join(_precisions()[2:8])} "
-                             f"(Lightning's names), not '{cfg.precision}'.")
-    check_fast_paths(cfg.channels_last, cfg.compile)
-    if isinstance(cfg.devices, int) and cfg.devices == 0 or isinstance(cfg.devices, list) and not cfg.devices:
-        raise RepFusionError(f"{name}.devices must name at least one device (a count, a list of ids, or auto).")
-    if cfg.num_nodes < 1:
-        raise RepFusionError(f"{name}.num_nodes must be at least 1, not {cfg.num_nodes}.")
-    if cfg.ema_decay is not None and not 0.0 <= cfg.ema_decay < 1.0:
-        raise RepFusionError(f"{name}.ema_decay must be in [0, 1) (or null for no EMA), not {cfg.ema_decay}.")
-    _check_limit(cfg.limit_train_batches, f"{name}.limit_train_batches")
-    _check_limit(cfg.limit_val_batches, f"{name}.limit_val_batches")
-    if cfg.limit_train_batches == 0:
-        raise RepFusionError(f"{name}.limit_train_batches 0 would train nothing; give a number of batches >= 1.")
-    if cfg.check_val_every_n_epoch < 1:
-        raise RepFusionError(f"{name}.check_val_every_n_epoch must be at least 1, not {cfg.check_val_every_n_epoch}.")
-    if cfg.checkpoint_every_n_steps is not None and cfg.checkpoint_every_n_steps < 1:
-        raise RepFusionError(f"{name}.checkpoint_every_n_steps must be at least 1 (or null for epoch ends only), "
-                             f"not {cfg.checkpoint_every_n_steps}.")
-    if cfg.log_every_n_steps < 1:
-        raise RepFusionError(f"{name}.log_every_n_steps must be at least 1, not {cfg.log_every_n_steps}.")
-    check_loggers(cfg.logger, f"{name}.logger")
-    for key in cfg.extra:
-        if key not in EXTRA_TRAINER_KEYS:
-            own = {f.name for f in fields(TrainerConfig)}
-            hint = f"set {name}.{key} instead" if key in own else f"it accepts {', '.join(EXTRA_TRAINER_KEYS)}"
-            raise RepFusionError(f"{name}.extra does not accept the Trainer argument '{key}'; {hint}.")
+SEED_LIMIT = 2**32 - 1  # numpy's seed range, which seed_everything seeds too
+
+
+def _strategies() -> list[str]:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ["auto", *sorted(StrategyRegistry.available_strategies())]
+
+
+_DEVICE_LIST = re.compile(r"^\s*\d+\s*(,\s*\d+\s*)*,?\s*$")
+
+
+def _check_strategy_devices(strategy: str, devices: int | str | list[int], name: str) -> None:
+    """A strategy Lightning registers and a device count, list or spec it can read."""
+    if isinstance(strategy, str) and strategy != "auto" and strategy not in _strategies():
+        from .errors import closest
+
+        near = closest(strategy, _strategies())
+        hint = f"; closest valid names: {', '.join(near)}" if near else f"; valid names: {', '.join(_strategies())}"
+        raise RepFusionError(f"Unknown {name}.strategy '{strategy}'{hint}.")
+    if isinstance(devices, bool) or isinstance(devices, int) and devices < -1:
+        raise RepFusionError(f"{name}.devices must be a device count (-1 for all), a list of device ids or auto, "
+                             f"not {devices}.")
+    if isinstance(devices, str) and devices != "auto" and not re.fullmatch(r"\s*-?\d+\s*", devices) \
+            and not _DEVICE_LIST.match(devices):
+        raise RepFusionError(f"{name}.devices must be a device count (-1 for all), a list of device ids (0,1) or "
+                             f"auto, not '{devices}'.")
+    if isinstance(devices, list) and any(not whole_number(d) or d < 0 for d in devices):
+        raise RepFusionError(f"{name}.devices must list device ids >= 0, not {devices}.")
+
+
+def _check_extra(extra: dict[str, Any], name: str) -> None:
+    """The values of the `extra` Trainer arguments, as Lightning would check them later (or crash on)."""
+    def bad(key: str, what: str) -> RepFusionError:
+        return RepFusionError(f"{name}.extra's {key} must be {what}, not {extra[key]!r}.")
+
+    for key in ("accumulate_grad_batches",):
+        if key in extra and (not whole_number(extra[key]) or extra[key] < 1):
+            raise bad(key, "a whole number of batches >= 1")
+    for key in ("min_epochs", "min_steps", "reload_dataloaders_every_n_epochs"):
+        if key in extra and extra[key] is not None and (not whole_number(extra[key]) or extra[key] < 0):
+            raise bad(key, "a whole number >= 0" + (" (or null)" if key != "reload_dataloaders_every_n_epochs" else ""))
+    if "num_sanity_val_steps" in extra and (not whole_number(extra["num_sanity_val_steps"])
+                                            or extra["num_sanity_val_steps"] < -1):
+        raise bad("num_sanity_val_steps", "a whole number of batches >= 0 (or -1 for all)")
+    if "gradient_clip_val" in extra and extra["gradient_clip_val"] is not None and (
+            not finite_number(extra["gradient_clip_val"]) or extra["gradient_clip_val"] < 0):
+        raise bad("gradient_clip_val", "a number >= 0 (or null for no clipping)")
+    if "gradient_clip_algorithm" in extra and extra["gradient_clip_algorithm"] not in (None, "norm", "value"):
+        raise bad("gradient_clip_algorithm", "'norm' or 'value'")
+    if "val_check_interval" in extra and extra["val_check_interval"] is not None:
+        v = extra["val_check_interval"]
+        if not finite_number(v) or (whole_number(v) and v < 1) or (isinstance(v, float) and not 0 < v <= 1):
+            raise bad("val_check_interval", "a number of batches >= 1 or a fraction of an epoch in (0.0, 1.0]")
+    for key in ("limit_test_batches", "overfit_batches"):
+        if key in extra and extra[key] is not None:
+            v = extra[key]
+            if not finite_number(v) or (whole_number(v) and v < 0) or (isinstance(v, float) and not 0 <= v <= 1):
+                raise bad(key, "a number of batches (an integer >= 0) or a fraction in [0.0, 1.0]")
+    for key in ("benchmark", "inference_mode", "detect_anomaly"):
+        if key in extra and not isinstance(extra[key], bool) and not (key == "benchmark" and extra[key] is None):
+            raise bad(key, "true or false")
+    if "profiler" in extra and extra["profiler"] is not None and extra["profiler"] not in PROFILERS:
+        raise bad("profiler", f"one of {', '.join(PROFILERS)} (Lightning's profiler names) or null")
+    if "max_time" in extra and extra["max_time"] is not None:
+        v = extra["max_time"]
+        if not (isinstance(v, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v)) and not (
+                isinstance(v, dict) and set(v) <= {"days", "hours", "minutes", "seconds"}
+                and all(finite_number(x) and x >= 0 for x in v.values())):
+            raise bad("max_time", "a duration 'DD:HH:MM:SS' or a mapping of days, hours, minutes, seconds")
 
 
 class NonFiniteLossGuard(Callback):
@@ -315,7 +434,6 @@ def quiet_lightning() -> None:
 def build_trainer(cfg: TrainerConfig, run_dir: Path, monitor: str | None = None, mode: str = "max",
                   callbacks: list[Callback] | None = None) -> pl.Trainer:
     """A Trainer that writes checkpoints/last.ckpt (+ best.ckpt), metrics.csv and progress to run_dir."""
-    check_trainer_config(cfg)  # the Python API gets the same one-sentence checks as the command line
     ckpt_dir = run_dir / "checkpoints"
     cbs: list[Callback] = [
         EpochCheckpoint(ckpt_dir, cfg.checkpoint_every_n_steps),

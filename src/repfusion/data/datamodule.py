@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import RepFusionError, unknown_name_error
+from ..section import Section, finite_number, whole_number
 from .celebamask import celebamask
 from .cifar import cifar
 from .datasets import base_dataset, image_folder
@@ -26,7 +28,7 @@ DENSE_SOURCES = ("faces", "celebamask", "wflw")  # items are (image, {"mask" / "
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where the images come from and how they are batched.
 
     source: digits (bundled with scikit-learn), cifar (original python pickles, CIFAR-10 or -100),
@@ -46,7 +48,12 @@ class DataConfig:
     and refuse labels_per_class). Only fine-tuning applies it (`ImageDataModule(..., labelled_only=True)`):
     the teacher and the distillation always read every training image, so one data section can be
     shared by every stage of an experiment; validation and test are never cut.
+
+    Checked when built (`repfusion.section`): the label budget, batch size, hold-out, normalisation and the
+    generated faces' counts.
     """
+
+    KEY: ClassVar[str] = "data"
 
     source: str = "digits"
     root: str | None = None
@@ -70,20 +77,45 @@ class DataConfig:
     wflw_margin: float = 1.25
 
     def __post_init__(self) -> None:
+        name = self.KEY
         check_label_budget(self.label_fraction, self.labels_per_class)
         check_labels_option(self.labels, self.source)
-        for name in ("faces_train", "faces_test"):
-            value = getattr(self, name)
+        for key in ("faces_train", "faces_test"):
+            value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RepFusionError(f"data.{name} must be a positive whole number of generated faces, not {value}.")
+                raise RepFusionError(f"{name}.{key} must be a positive whole number of generated faces, not {value}.")
         if isinstance(self.faces_seed, bool) or not isinstance(self.faces_seed, int) or self.faces_seed < 0:
-            raise RepFusionError(f"data.faces_seed must be a whole number >= 0, not {self.faces_seed}.")
+            raise RepFusionError(f"{name}.faces_seed must be a whole number >= 0, not {self.faces_seed}.")
         if isinstance(self.wflw_margin, bool) or not 1.0 <= float(self.wflw_margin) <= 4.0:
-            raise RepFusionError(f"data.wflw_margin must lie in [1, 4] (the crop side over the face box side; HRNet "
+            raise RepFusionError(f"{name}.wflw_margin must lie in [1, 4] (the crop side over the face box side; HRNet "
                                  f"uses 1.25), not {self.wflw_margin}.")
         if self.source in DENSE_SOURCES and self.labels_per_class is not None:
-            raise RepFusionError(f"data.labels_per_class needs image classes, which source '{self.source}' does not "
-                                 "have; use data.label_fraction for dense tasks.")
+            raise RepFusionError(f"{name}.labels_per_class needs image classes, which source '{self.source}' does "
+                                 "not have; use data.label_fraction for dense tasks.")
+        if self.batch_size < 1:
+            raise RepFusionError(f"{name}.batch_size must be at least 1, not {self.batch_size}.")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise RepFusionError(f"{name}.train_limit must be at least 1 image (or null for all), not "
+                                 f"{self.train_limit}.")
+        if not 0 <= self.val_fraction < 1:
+            raise RepFusionError(f"{name}.val_fraction must be in [0, 1) (0 validates on the test split), "
+                                 f"not {self.val_fraction}.")
+        if self.num_workers < 0:
+            raise RepFusionError(f"{name}.num_workers must be 0 or more, not {self.num_workers}.")
+        if self.image_size is not None and self.image_size < 1:
+            raise RepFusionError(f"{name}.image_size must be at least 1 pixel (or null), not {self.image_size}.")
+        if self.crop_padding < 0:
+            raise RepFusionError(f"{name}.crop_padding must be 0 or more, not {self.crop_padding}.")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if len(values) != 3 or not all(finite_number(v) for v in values):
+                raise RepFusionError(f"{name}.{key} must be three finite numbers (one per RGB channel), not "
+                                     f"{values}.")
+        if any(v <= 0 for v in self.std):
+            raise RepFusionError(f"{name}.std must be positive in every channel (pixels are divided by it), not "
+                                 f"{list(self.std)}.")
+        if not whole_number(self.split_seed) or self.split_seed < 0:
+            raise RepFusionError(f"{name}.split_seed must be a whole number >= 0, not {self.split_seed}.")
 
 
 def build_split(config: DataConfig, train: bool) -> Dataset:

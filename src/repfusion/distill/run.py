@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -15,10 +16,10 @@ from ..config import JSONValue
 from ..data import DataConfig, ImageDataModule, Normalize
 from ..data.augment import Augment
 from ..data.datasets import dataset_targets
-from ..checks import check_run_config
 from ..errors import RepFusionError
 from ..features import layer_output, resolve_modules
 from ..io import replace_dir, save_tensors, staging_dir, write_json
+from ..section import Section, finite_number
 from ..students import build_student, check_given_student
 from ..teachers import DEFAULT_TEACHER_LAYER, load_teacher
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
@@ -64,7 +65,7 @@ class StudentSection:
 
 
 @dataclass
-class LossSection:
+class LossSection(Section):
     """name: hint | at | rkd | cosine | l1; options go to the loss (e.g. mode: dense, weight: 1000).
 
     target_norm: per_t (ours: the teacher feature standardised per t-bin, `target_bins` bins, so the
@@ -81,9 +82,13 @@ class LossSection:
     # a dense standardisation over the teacher's finer grid leaves the coarser loss grid a mean square of ~0.06)
     target_stats: str = "auto"
 
+    KEY: ClassVar[str] = "loss"
+
     def __post_init__(self) -> None:
         if self.target_stats not in ("auto", "pooled", "dense"):
-            raise RepFusionError(f"loss.target_stats must be auto, pooled or dense, not '{self.target_stats}'.")
+            raise RepFusionError(f"{self.KEY}.target_stats must be auto, pooled or dense, not '{self.target_stats}'.")
+        if not finite_number(self.kd_weight) or self.kd_weight < 0:
+            raise RepFusionError(f"{self.KEY}.kd_weight must be a number >= 0, not {self.kd_weight}.")
 
     @property
     def dense(self) -> bool:
@@ -218,7 +223,6 @@ def run_distillation(cfg: DistillRun, run_dir: Path, resume: bool = False,
     if student is not None:  # the record names the network that was distilled
         cfg = replace(cfg, student=replace(cfg.student, arch=str(student.config.get("arch", type(student).__name__)),
                                            width=float(student.config.get("width", 1.0))))
-    check_run_config(cfg)  # the Python API gets the command line's up-front checks
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     datamodule = ImageDataModule(cfg.data)
     module = build_distillation(cfg, datamodule, student)

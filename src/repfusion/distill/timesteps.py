@@ -7,6 +7,7 @@ Every strategy maps a batch of (student-normalised) images and the training prog
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from torch import nn
 
 from ..errors import RepFusionError
 from ..registry import Registry
+from ..section import Section, finite_number
 
 class NonFiniteError(RepFusionError):
     """A NaN/inf inside the model; the training step adds where it happened."""
@@ -31,7 +33,7 @@ class TimestepDraw:
 
 
 @dataclass
-class TimestepConfig:
+class TimestepConfig(Section):
     """strategy: fixed | uniform | decay | reinforced.
 
     fixed uses `t`; uniform draws below `t_max`; decay lowers T_max linearly from `t_max` to `t_max_end`
@@ -51,7 +53,12 @@ class TimestepConfig:
     `head_uniform_t` the reward head also trains on one uniformly drawn t per image, so bins the policy
     rarely picks are not scored by an unfitted head (which would feed the policy's own choice back to it).
     The paper: `entropy_floor: 0, head_uniform_t: false`.
+
+    Checked when built (`repfusion.section`): the weights, rates and durations a sign error would silently
+    invert; the strategy's name and t against the teacher's schedule are checked by `build_strategy`.
     """
+
+    KEY: ClassVar[str] = "timesteps"
 
     strategy: str = "reinforced"
     t: int = 0
@@ -69,6 +76,16 @@ class TimestepConfig:
     policy_warmup_epochs: float = 1.0
     entropy_floor: float = 0.02
     head_uniform_t: bool = True
+
+    def __post_init__(self) -> None:
+        name = self.KEY
+        for key, what in (("entropy_weight", ">= 0"), ("decay_epochs", "> 0"), ("entropy_decay_epochs", "> 0"),
+                          ("policy_lr_scale", "> 0"), ("policy_warmup_epochs", ">= 0"), ("entropy_floor", ">= 0")):
+            value = getattr(self, key)
+            if not finite_number(value) or value < 0 or (what == "> 0" and value == 0):
+                raise RepFusionError(f"{name}.{key} must be a number {what}, not {value}.")
+        if not finite_number(self.baseline_momentum) or not 0 <= self.baseline_momentum < 1:
+            raise RepFusionError(f"{name}.baseline_momentum must be in [0, 1), not {self.baseline_momentum}.")
 
 
 class TimestepStrategy(nn.Module):

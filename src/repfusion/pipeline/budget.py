@@ -83,7 +83,7 @@ def accelerated(accelerator: str) -> bool:
 
 def apply_budget(cfg: PretrainRun, on_gpu: bool) -> tuple[PretrainRun, BudgetChoice]:
     """`cfg` with every null epoch count and width taken from the budget; the values given are kept (`cfg` has
-    passed `check_budget`, in `check_pretrain`)."""
+    passed `check_budget`, in `check_pretrain`; each null is one its section allows)."""
     name = cfg.budget if cfg.budget != "auto" else ("gpu" if on_gpu else "cpu")
     reason = "as asked" if cfg.budget != "auto" else ("auto: a CUDA GPU" if on_gpu else "auto: no GPU, a CPU")
     budget = BUDGETS[name]

@@ -9,17 +9,32 @@ a short probe.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..data import DataConfig
+from ..errors import RepFusionError
 from ..jsondata import JSONValue
+from ..section import Section, whole_number
 from ..training import TrainerConfig
+
+PIPELINE_PRESETS = ("tiny-16", "small-32")  # the DDPMs the pipeline trains itself when no teacher is given
+
+
+def _check_count(value: object, key: str, budget_may_fill: bool) -> None:
+    """A whole number >= 1 (null where the run's budget fills it in later, `pipeline.budget.apply_budget`)."""
+    if value is None and budget_may_fill:
+        return
+    if not whole_number(value) or value < 1:
+        raise RepFusionError(f"{key} must be a whole number >= 1 (or null for the budget's), not {value}.")
 
 
 @dataclass
-class TeacherChoice:
+class TeacherChoice(Section):
     """source: any teacher the project loads (preset, save_pretrained folder, pipeline folder, ADM .pt file,
     hub id); null trains a DDPM on the folder first (`preset`, default by image size: tiny-16 up to 16 px,
     small-32 above), for `epochs` epochs (null: from the run's budget), without labels."""
+
+    KEY: ClassVar[str] = "teacher"
 
     source: str | None = None
     preset: str | None = None
@@ -30,18 +45,34 @@ class TeacherChoice:
     adm_flags: str | dict[str, JSONValue] = "imagenet-64"
     uncond_embedding: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_count(self.epochs, f"{self.KEY}.epochs", budget_may_fill=True)
+        if self.source is None and (self.preset or "small-32") not in PIPELINE_PRESETS:
+            raise RepFusionError(f"{self.KEY}.preset {self.preset} is not one the pipeline trains here; use "
+                                 f"{' or '.join(PIPELINE_PRESETS)}, or give a trained teacher with --teacher.source.")
+
 
 @dataclass
-class StudentChoice:
+class StudentChoice(Section):
     """arch: a built-in student (default resnet18_cifar up to 64 px, resnet18 above) or timm:/torchvision: name;
-    width: the channel multiplier (null: from the run's budget, 1.0 on a GPU, 0.25 on a CPU)."""
+    width: the channel multiplier (null: from the run's budget, 1.0 on a GPU, 0.25 on a CPU).
+
+    Whether `arch` can be built is checked by `pipeline.run.check_pretrain`: it imports the student's library.
+    """
+
+    KEY: ClassVar[str] = "student"
 
     arch: str | None = None
     width: float | None = None
 
+    def __post_init__(self) -> None:
+        width = self.width
+        if width is not None and (isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0):
+            raise RepFusionError(f"{self.KEY}.width must be positive (or null for the budget's), not {width}.")
+
 
 @dataclass
-class LayerChoice:
+class LayerChoice(Section):
     """Candidates for the teacher layer and t; with one of each there is nothing to choose and no probe runs.
 
     layers: null = the teacher's encoder end, middle and decoder start. modes: clean input (t only through the
@@ -53,21 +84,31 @@ class LayerChoice:
     the image rather than by t (what a student, which never sees t, can predict).
     """
 
+    KEY: ClassVar[str] = "choice"
+
     layers: list[str] | None = None
     timesteps: list[int] = field(default_factory=lambda: [0, 100, 300])
     modes: list[str] = field(default_factory=lambda: ["clean"])
     max_images: int = 1000
 
+    def __post_init__(self) -> None:  # the layers and t against the teacher: `pipeline.choice.check_choice`
+        _check_count(self.max_images, f"{self.KEY}.max_images", budget_may_fill=False)
+
 
 @dataclass
-class StageBudget:
+class StageBudget(Section):
     """epochs null: from the run's budget; lr: SGD (momentum 0.9) learning rate; batch_size null: data.batch_size,
     and for fine-tuning at most a sixth of the labelled images (a power of two, at least 16), so a small label
     budget still takes steps."""
 
+    KEY: ClassVar[str] = "stage"  # each stage's own section names itself (distill, finetune)
+
     epochs: int | None = None
     lr: float = 0.1
     batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_count(self.epochs, f"{self.KEY}.epochs", budget_may_fill=True)
 
 
 @dataclass
@@ -77,6 +118,8 @@ class DistillBudget(StageBudget):
     embedded digits left the frozen student 5 points below its random initialisation; tests/
     test_digits_probe_regression.py); loss: hint, cosine, cosine_smoothl1, l1; target_stats: loss.target_stats
     (pooled: the target standardised by the pooled feature's statistics, about unit scale on the loss grid)."""
+
+    KEY: ClassVar[str] = "distill"
 
     loss: str = "hint"
     projector: str = "mlp"
@@ -93,6 +136,8 @@ class FinetuneBudget(StageBudget):
     every training image; each distilled arm keeps its own teacher (the random-teacher student its random one),
     scratch arms have none.
     """
+
+    KEY: ClassVar[str] = "finetune"
 
     head_init: str = "random"
     head_epochs: int = 0

@@ -28,6 +28,7 @@ from ..distill.run import DistillRun, LossSection, StudentSection, TeacherSectio
 from ..distill.timesteps import TimestepConfig
 from ..errors import RepFusionError
 from ..io import replace_dir, staging_dir, write_json
+from ..section import whole_number
 from ..students import check_student
 from ..tasks.finetune import FinetuneRun, ModelSection
 from ..tasks.teacher_in_loop import TeacherInLoopSection
@@ -56,29 +57,17 @@ class Plan:
 
 
 def check_pretrain(cfg: PretrainRun) -> None:
-    """One sentence per bad value, before anything is loaded or written."""
-    from ..checks import check_run_config
-
-    check_run_config(cfg)
-    for name, value in (("seeds", cfg.seeds), ("teacher.epochs", cfg.teacher.epochs),
-                        ("distill.epochs", cfg.distill.epochs), ("finetune.epochs", cfg.finetune.epochs),
-                        ("choice.max_images", cfg.choice.max_images)):
-        if value is None and name.endswith(".epochs"):
-            continue  # filled from the budget
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RepFusionError(f"{name} must be a whole number >= 1 (or null for the budget's), not {value}.")
+    """What the pipeline's sections cannot check when built (each checks its own values, `repfusion.section`),
+    before anything is loaded or written: the seeds, the budget and time target, a folder source's root, and
+    whether the student can be built (kept here, not in `StudentChoice`: it imports the student's library)."""
+    if not whole_number(cfg.seeds) or cfg.seeds < 1:
+        raise RepFusionError(f"seeds must be a whole number >= 1 (or null for the budget's), not {cfg.seeds}.")
     check_budget(cfg)
     if cfg.data.source == "folder" and not cfg.data.root:
         raise RepFusionError("Give the folder of images with --data.root PATH (any nesting; class sub-folders or "
                              "--data.labels FILE.csv add labels).")
-    if cfg.teacher.source is None and (cfg.teacher.preset or "small-32") not in ("tiny-16", "small-32"):
-        raise RepFusionError(f"teacher.preset {cfg.teacher.preset} is not one the pipeline trains here; use tiny-16 "
-                             "or small-32, or give a trained teacher with --teacher.source.")
-    width = cfg.student.width
-    if width is not None and (isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0):
-        raise RepFusionError(f"student.width must be positive (or null for the budget's), not {width}.")
     if cfg.student.arch is not None:  # the default (resnet18_cifar or resnet18, from the image size) is built in
-        check_student(cfg.student.arch, 1.0 if width is None else width)
+        check_student(cfg.student.arch, 1.0 if cfg.student.width is None else cfg.student.width)
 
 
 def check_out(out: Path, resume: bool, wanted: dict[str, Any], saved_name: str = SETTINGS_FILE) -> None:

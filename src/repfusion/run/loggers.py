@@ -57,8 +57,8 @@ def check_loggers(value: Any, key: str = "trainer.logger") -> None:
 
 
 def build_loggers(value: str | Sequence[str] | None, run_dir: Path) -> list[Logger]:
-    """Lightning's loggers for the names `value` asks for, writing into the run folder."""
-    check_loggers(value)
+    """Lightning's loggers for the names `value` asks for, writing into the run folder (`value` has passed
+    `check_loggers`, in `TrainerConfig.__post_init__`)."""
     loggers: list[Logger] = []
     for name in logger_names(value):
         if name == "csv":

@@ -14,7 +14,6 @@ from ..analysis.plots import plot_curves
 from ..data import DataConfig, ImageDataModule
 from ..ema import final_raw_weights, keep_better
 from ..data.datasets import dataset_targets
-from ..checks import check_run_config
 from ..errors import RepFusionError
 from ..io import replace_dir, staging_dir, write_json
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
@@ -127,7 +126,6 @@ def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
     student: your own network for classification, e.g. `ModuleStudent(module, feature_layer="layer4")`
     (fresh: `cfg.init` loads the distilled weights into it; an `fc` head is set for the data's classes).
     """
-    check_run_config(cfg)  # the Python API gets the command line's up-front checks
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     spec = TASKS.get(cfg.task)
     if student is not None and cfg.task != "classification":

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar, TYPE_CHECKING
 
 import torch
 
@@ -21,6 +21,7 @@ from ..data.augment import Normalize
 from ..data.datasets import base_dataset
 from ..data.face_layout import WFLW_ATTRIBUTES, WFLW_EYE_CORNERS, WFLW_FLIP_PAIRS
 from ..errors import RepFusionError
+from ..section import Section
 from ..training import OptimConfig
 from .backbone import init_backbone, resolve_architecture
 from .dense_stage import DenseStage
@@ -36,7 +37,7 @@ DEFAULT_ARCH = "resnet50"  # the network when neither --init nor --student.arch 
 
 
 @dataclass
-class LandmarkSection:
+class LandmarkSection(Section):
     """Heatmap targets, decoding, test-time flip and the joint augmentation (flip itself: data.flip).
 
     sigma: Gaussian sigma of the target heatmaps in heatmap cells (2 at 64x64 maps, as mmpose and HRNet).
@@ -46,6 +47,8 @@ class LandmarkSection:
     scale / rotate / translate: the random affine of `JointAugment` (zoom range, degrees, fraction of the side).
     deconv_layers: override the head's number of stride-2 deconvolutions (None: 3 on a ResNet, 0 on HRNet).
     """
+
+    KEY: ClassVar[str] = "landmarks"
 
     sigma: float = 2.0
     decoder: str = "dark"
@@ -58,11 +61,11 @@ class LandmarkSection:
 
     def __post_init__(self) -> None:
         if not self.sigma > 0:
-            raise RepFusionError(f"landmarks.sigma must be positive (heatmap cells), not {self.sigma}.")
+            raise RepFusionError(f"{self.KEY}.sigma must be positive (heatmap cells), not {self.sigma}.")
         if self.decoder not in DECODERS:
-            raise RepFusionError(f"landmarks.decoder must be one of {', '.join(DECODERS)}, not '{self.decoder}'.")
+            raise RepFusionError(f"{self.KEY}.decoder must be one of {', '.join(DECODERS)}, not '{self.decoder}'.")
         if self.deconv_layers is not None and self.deconv_layers < 0:
-            raise RepFusionError(f"landmarks.deconv_layers must be 0 or more (or null), not {self.deconv_layers}.")
+            raise RepFusionError(f"{self.KEY}.deconv_layers must be 0 or more (or null), not {self.deconv_layers}.")
 
 
 def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar, TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from ..data.augment import Normalize
 from ..data.datasets import base_dataset
 from ..data.face_layout import IGNORE_INDEX, PARSING_CLASSES, PARSING_FLIP_SWAPS
 from ..errors import RepFusionError
+from ..section import Section
 from ..training import OptimConfig
 from .backbone import init_backbone, resolve_architecture
 from .dense_stage import DenseStage
@@ -34,12 +35,14 @@ DEFAULT_ARCH = "resnet18"  # the network when neither --init nor --student.arch 
 
 
 @dataclass
-class SegmentationSection:
+class SegmentationSection(Section):
     """BiSeNet's loss weights and the joint augmentation of images with their masks (flip: data.flip).
 
     aux_weight: weight of each of the two auxiliary cross-entropies (BiSeNet uses 1; 0 trains the main head only).
     scale / rotate / translate: the random affine of `JointAugment` (zoom range, degrees, fraction of the side).
     """
+
+    KEY: ClassVar[str] = "segmentation"
 
     aux_weight: float = 1.0
     scale: tuple[float, float] = (0.75, 1.25)
@@ -48,7 +51,7 @@ class SegmentationSection:
 
     def __post_init__(self) -> None:
         if not self.aux_weight >= 0:
-            raise RepFusionError(f"segmentation.aux_weight must be >= 0 (0 turns the auxiliary heads off), "
+            raise RepFusionError(f"{self.KEY}.aux_weight must be >= 0 (0 turns the auxiliary heads off), "
                                  f"not {self.aux_weight}.")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -33,14 +34,17 @@ from ..distill.target_norm import build_target_norm
 from ..errors import RepFusionError
 from ..features import FeatureTap, layer_output
 from ..io import load_checkpoint, load_tensors
+from ..section import Section
 from ..students import find_export
 
 
 @dataclass
-class TeacherInLoopSection:
+class TeacherInLoopSection(Section):
     """weight: w above (0: off, plain fine-tuning). batch_size: images of x_u per step (null: data.batch_size).
     views: stored augmentations cached per training image (1: as is, 2: + its mirror image, more: + seeded
     crops). t: the teacher's timestep (null: the init's fixed t, which the distillation used)."""
+
+    KEY: ClassVar[str] = "teacher_in_loop"
 
     weight: float = 0.0
     batch_size: int | None = None
@@ -49,15 +53,15 @@ class TeacherInLoopSection:
 
     def __post_init__(self) -> None:
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0:
-            raise RepFusionError(f"teacher_in_loop.weight must be a number >= 0 (0 turns it off), not {self.weight}.")
+            raise RepFusionError(f"{self.KEY}.weight must be a number >= 0 (0 turns it off), not {self.weight}.")
         if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
                                             or self.batch_size < 1):
-            raise RepFusionError(f"teacher_in_loop.batch_size must be a positive whole number or null, not "
+            raise RepFusionError(f"{self.KEY}.batch_size must be a positive whole number or null, not "
                                  f"{self.batch_size}.")
         if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 1:
-            raise RepFusionError(f"teacher_in_loop.views must be a whole number >= 1, not {self.views}.")
+            raise RepFusionError(f"{self.KEY}.views must be a whole number >= 1, not {self.views}.")
         if self.t is not None and (isinstance(self.t, bool) or not isinstance(self.t, int) or self.t < 0):
-            raise RepFusionError(f"teacher_in_loop.t must be a whole number >= 0 or null, not {self.t}.")
+            raise RepFusionError(f"{self.KEY}.t must be a whole number >= 0 or null, not {self.t}.")
 
     @property
     def enabled(self) -> bool:

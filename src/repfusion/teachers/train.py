@@ -8,7 +8,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from ..checks import check_run_config
 from ..data import DataConfig, ImageDataModule
 from ..errors import RepFusionError
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
@@ -32,7 +31,6 @@ class TeacherRun:
 
 def check_teacher_run(cfg: TeacherRun) -> None:
     """The teacher verb's own values, checked before anything is built or written."""
-    check_run_config(cfg)
     if isinstance(cfg.samples, bool) or not isinstance(cfg.samples, int) or cfg.samples < 0:
         raise RepFusionError(f"samples must be a number of sample images >= 0 (0 draws none), not {cfg.samples}.")
     if isinstance(cfg.sample_steps, bool) or not isinstance(cfg.sample_steps, int) or cfg.sample_steps < 1:
