@@ -194,14 +194,16 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
     teacher_epoch = steps_per_epoch(n, batch) * times.teacher_train + epoch_cost if train_teacher else 0.0
     samples = SAMPLE_STEPS * SAMPLES * teacher_look  # the teacher's sample grid at its end
     distill_steps = steps_per_epoch(round(n * (1 - val)), batch)
-    distill_epoch = distills * (distill_steps * (times.teacher_forward + times.student_train) + epoch_cost
-                                + val_images * (teacher_look + student_look))
+    cached = cfg.distill.cache_views > 0 and "noised" not in cfg.choice.modes  # the teacher runs once per view
+    distill_epoch = distills * (distill_steps * ((0.0 if cached else times.teacher_forward) + times.student_train)
+                                + epoch_cost + val_images * (teacher_look + student_look))
+    fill = cfg.distill.cache_views * round(n * (1 - val)) * teacher_look if cached else 0.0
     passes = len(cfg.choice.timesteps) * len(cfg.choice.modes) * (2 if labelled else 1)
     choice = passes * math.ceil(min(n, cfg.choice.max_images) / batch) * times.teacher_forward
     per_epoch = {"teacher.epochs": teacher_epoch, "distill.epochs": distill_epoch}
     plan = {"teacher": (teacher_epoch * cfg.teacher.epochs + run + samples) if train_teacher else 0.0,
             "choose the teacher layer and t": choice,
-            "distil": distill_epoch * cfg.distill.epochs + distills * run, "export the backbone": 0.0}
+            "distil": distill_epoch * cfg.distill.epochs + distills * (run + fill), "export the backbone": 0.0}
     if labelled:
         probe_images = labelled_images + val_images
         plan["probe the frozen backbones"] = 3 * seeds * math.ceil(probe_images / batch) * times.student_forward

@@ -120,7 +120,8 @@ def distill_config(cfg: PretrainRun, data: DataConfig, source: str, arch: str, c
                                                                          if cfg.distill.projector != "linear" else {})}),
         timesteps=TimestepConfig(strategy="fixed", t=choice.t), reward="none",
         data=replace(unlabeled_view(data), batch_size=batch), optim=OptimConfig(lr=cfg.distill.lr),
-        trainer=replace(cfg.trainer, max_epochs=cfg.distill.epochs, seed=seed))
+        trainer=replace(cfg.trainer, max_epochs=cfg.distill.epochs, seed=seed),
+        cache_views=cfg.distill.cache_views if choice.mode == "clean" else 0)
 
 
 def finetune_config(cfg: PretrainRun, data: DataConfig, arch: str, init: Path | None, seed: int) -> FinetuneRun:
