@@ -133,7 +133,7 @@ class DistillBudget(StageBudget):
     projector: str = "mlp"
     target_stats: str = "pooled"
     # > 0: the teacher's targets computed once per training image and stored augmentation (that many views) instead
-    # of every step, where the chosen input is clean (a noised target changes every step); 2.3x faster epochs on the
+    # of every step, where the chosen input is clean (a noised target changes every step); 1.9-2.3x faster epochs on the
     # CIFAR subset (benchmarks/results/distill_cache.md), at the price of `cache_views` fixed crops per image
     cache_views: int = 0
 
