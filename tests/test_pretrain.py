@@ -138,7 +138,7 @@ class KillAt(pl.Callback):
 
 def test_pipeline_killed_in_every_stage_resumes_to_the_same_result(tmp_path, monkeypatch, capsys):
     root = tmp_path / "digits"
-    write_digits(root, 20, nested=True)
+    write_digits(root, 12, nested=True)  # 120 images: every stage, two seeds, five labels a class
     args = ["--data.root", str(root), *TINY, "--data.label_fraction", "0.5", "--data.batch_size", "16"]
     assert main(["pretrain", *args, "--run-dir", str(tmp_path / "whole")]) == 0
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
