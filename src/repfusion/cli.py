@@ -224,7 +224,6 @@ def _probe_student(inv: Invocation) -> None:
 
     cfg = inv.config
     student = cfg.student
-    layer = student.layer[0] if isinstance(student.layer, list) else student.layer
     out = inv.run_dir or Path("runs/student-probe")
     check_writable_dir(out)
     data = _probe_data(cfg.data, cfg.data.image_size, _run_data(student.source))
@@ -232,7 +231,7 @@ def _probe_student(inv: Invocation) -> None:
     print(f"Probing student {student.source} on {len(train)} train / {len(test)} test images of {data.source}"
           f"{f' ({data.root})' if data.root else ''}")
     result = student_probe.run_student_probe(
-        student.source, train, test, out, layer=layer, mean=None if cfg.data.mean is None else list(cfg.data.mean),
+        student.source, train, test, out, layer=student.layer, mean=None if cfg.data.mean is None else list(cfg.data.mean),
         std=None if cfg.data.std is None else list(cfg.data.std), arch=student.arch, width=student.width,
         k=cfg.probe.k, data_section={"source": data.source, "root": data.root, "image_size": data.image_size,
                                      "labels": data.labels, "split_seed": data.split_seed})

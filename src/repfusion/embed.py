@@ -1,4 +1,4 @@
-"""`repfusion embed --student RUN --data.root FOLDER`: the pooled features of every image under a folder.
+"""`repfusion embed --student.source RUN --data.root FOLDER`: the pooled features of every image under a folder.
 
 For the user's own downstream work (retrieval, clustering, a classifier in another library): one row per
 image, in the order of `files.csv` (a real CSV, header `file[,label]`: paths relative to the folder, found

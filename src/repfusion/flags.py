@@ -165,6 +165,10 @@ def rewrite(verb: str, argv: list[str], keys: dict[str, object], positional: str
             continue
         if new is not None:
             note(flag, spelled)
+        if hint is not None and len(values) > 1:  # not a list key: the extra values would be read as stray words
+            from .errors import RepFusionError
+
+            raise RepFusionError(f"{spelled} takes one value, not {len(values)} ({' '.join(values)}); give one.")
         if hint is not None and is_bool(hint) and not values:
             out += [spelled, "true"]
             continue

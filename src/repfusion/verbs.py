@@ -76,7 +76,7 @@ class StudentSource:
     source: str | None = None
     arch: str | None = None
     width: float = 1.0
-    layer: str | list[str] | None = None  # a list only so that two layers are refused in one sentence
+    layer: str | None = None
 
     def __post_init__(self) -> None:
         if self.width <= 0:
@@ -152,8 +152,6 @@ class ProbeRun:
         if self.student.source is not None:
             if self.teacher.layer is not None:
                 raise RepFusionError("--teacher.layer names a teacher's layers; a student's layer is --student.layer.")
-            if isinstance(self.student.layer, list) and len(self.student.layer) != 1:
-                raise RepFusionError("A student is probed at one --student.layer; give a single layer name.")
 
 
 @dataclass
