@@ -16,8 +16,10 @@ from repfusion.cli import main
 
 
 @pytest.fixture
-def seen(monkeypatch) -> dict:
-    """What each verb hands its runner (the runner itself replaced): the data config, output folder, options."""
+def seen(monkeypatch, tmp_path) -> dict:
+    """What each verb hands its runner (the runner itself replaced): the data config, output folder, options.
+    In tmp_path: the verbs still save their config.yaml in the (relative) --run-dir."""
+    monkeypatch.chdir(tmp_path)
     got: dict = {}
     split = data_module.train_test_split
 

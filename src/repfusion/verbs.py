@@ -16,6 +16,7 @@ needs a loaded teacher or student (a layer name, a timestep range) is checked by
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .errors import RepFusionError
 from .jsondata import JSONValue
@@ -138,6 +139,8 @@ class ProbeRun:
     """`repfusion probe`: what a teacher knows at each t (teacher.source), or a frozen student's linear-probe
     and k-NN accuracy (student.source); exactly one of the two."""
 
+    CHECKS_ITSELF: ClassVar[bool] = True  # every section in __post_init__; no Lightning import to parse it
+
     teacher: TeacherOptions = field(default_factory=TeacherOptions)
     student: StudentSource = field(default_factory=StudentSource)
     data: SampleData = field(default_factory=SampleData)
@@ -181,6 +184,8 @@ class LayersRun:
     """`repfusion layers`: every hookable module of a teacher (teacher.source) or a student architecture
     (student.arch) with its output shape; with --run-dir the table is saved there too (layers.txt)."""
 
+    CHECKS_ITSELF: ClassVar[bool] = True  # every section in __post_init__; no Lightning import to parse it
+
     teacher: TeacherOptions = field(default_factory=TeacherOptions)
     student: StudentArch = field(default_factory=StudentArch)
     data: ImageSize = field(default_factory=ImageSize)
@@ -214,6 +219,8 @@ class DemoRun:
     (null: 48). quick: one or two epochs per stage (a smoke run).
     """
 
+    CHECKS_ITSELF: ClassVar[bool] = True  # every section in __post_init__; no Lightning import to parse it
+
     task: str = "classification"
     seeds: int | None = None
     data: DemoData = field(default_factory=DemoData)
@@ -241,6 +248,8 @@ class ExportRun:
     opset: ONNX opset (default torch.onnx's).
     """
 
+    CHECKS_ITSELF: ClassVar[bool] = True  # every section in __post_init__; no Lightning import to parse it
+
     student: TrainedStudent = field(default_factory=TrainedStudent)
     format: str | None = None
     head: bool = False
@@ -266,6 +275,8 @@ class EmbedRun:
         of files.csv: auto, folders, none, or a CSV of file,label rows; default auto).
     format: safetensors | npy. device: cpu, cuda, cuda:1, ... (default CUDA when present).
     """
+
+    CHECKS_ITSELF: ClassVar[bool] = True  # every section in __post_init__; no Lightning import to parse it
 
     student: TrainedStudent = field(default_factory=TrainedStudent)
     data: SampleData = field(default_factory=lambda: SampleData(labels="auto"))
