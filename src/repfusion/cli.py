@@ -318,8 +318,10 @@ VERBS: dict[str, Verb] = {
     "layers": Verb(lambda: LayersRun, _layers, "list a teacher's or student's layers with output shapes",
                    "List hookable modules with output shapes (with --run-dir, saved there as layers.txt)."),
     "export": Verb(lambda: ExportRun, _export, "a run's backbone as ONNX or torchvision-keyed weights",
-                   "Export a distill or finetune run's backbone (or fine-tuned classifier): ONNX, its weights under "
-                   "torchvision's key names, or timm's Hub layout.", run_dir=False, positional="--student.source"),
+                   "repfusion export RUN --format F: a distill or finetune run's backbone (or fine-tuned classifier) "
+                   "as ONNX, its weights under torchvision's key names, or timm's Hub layout (RUN is "
+                   "--student.source; the resolved config is written beside the output as NAME.config.yaml).",
+                   run_dir=False, positional="--student.source"),
     "embed": Verb(lambda: EmbedRun, _embed,
                   "pooled features of every image in a folder, with the file list",
                   "Pooled features of every image under a folder (recursively), with the file list, for your own "
