@@ -16,8 +16,10 @@ from repfusion.cli import main
 
 
 @pytest.fixture
-def seen(monkeypatch) -> dict:
-    """What each verb hands its runner (the runner itself replaced): the data config, output folder, options."""
+def seen(monkeypatch, tmp_path) -> dict:
+    """What each verb hands its runner (the runner itself replaced): the data config, output folder, options.
+    In tmp_path: the verbs still save their config.yaml in the (relative) --run-dir."""
+    monkeypatch.chdir(tmp_path)
     got: dict = {}
     split = data_module.train_test_split
 
@@ -32,8 +34,8 @@ def seen(monkeypatch) -> dict:
     monkeypatch.setattr(probe_module, "run_probe", lambda teacher, train, test, cfg, out: got.update(
         probe=cfg, out=out, size=tuple(train[0][0].shape)))
     monkeypatch.setattr(layers_module, "list_layers", lambda **kwargs: got.update(kwargs) or "")
-    monkeypatch.setattr(demo_module, "run_demo", lambda cfg: got.update(demo=cfg))
-    monkeypatch.setattr(dense_demo_module, "run_dense_demo", lambda cfg: got.update(demo=cfg))
+    monkeypatch.setattr(demo_module, "run_demo", lambda cfg, **_: got.update(demo=cfg))
+    monkeypatch.setattr(dense_demo_module, "run_dense_demo", lambda cfg, **_: got.update(demo=cfg))
     return got
 
 
@@ -45,7 +47,7 @@ def run(seen: dict, capsys, argv: list[str]) -> tuple[dict, str]:
 
 STUDENT_NEW = ["probe", "--student", "random", "--student.arch", "resnet18_cifar", "--student.width", "0.125",
                "--data.source", "digits", "--data.image_size", "16", "--data.split_seed", "3", "--student.layer",
-               "layer3", "--data.mean", "[0.4,0.5,0.6]", "--data.std", "0.2", "0.3", "0.4", "--run-dir", "P"]
+               "layer3", "--data.mean", "[0.4,0.5,0.6]", "--data.std", "[0.2,0.3,0.4]", "--run-dir", "P"]
 STUDENT_OLD = ["probe", "--student", "random", "--arch", "resnet18_cifar", "--width", "0.125", "--data", "digits",
                "--image-size", "16", "--split-seed", "3", "--layer", "layer3", "--mean", "0.4", "0.5", "0.6",
                "--std", "0.2", "0.3", "0.4", "--out", "P"]
@@ -64,13 +66,14 @@ def test_probe_of_a_student_reads_the_dotted_keys_and_the_old_spellings_alike(se
 
 
 def test_probe_of_a_teacher_reads_the_dotted_keys(seen, capsys, tiny_teacher_dir):
-    common = ["--timesteps", "0", "--modes", "clean"]
-    new, err = run(seen, capsys, ["probe", "--teacher.source", str(tiny_teacher_dir), *common, "--teacher.layer",
+    new, err = run(seen, capsys, ["probe", "--teacher.source", str(tiny_teacher_dir), "--probe.timesteps", "[0]",
+                                  "--probe.modes", "[clean]", "--teacher.layer",
                                   "down_blocks.1", "--data.image_size", "16", "--teacher.class_label", "auto",
                                   "--run-dir", "T"])
     assert new["probe"].layers == ["down_blocks.1"] and new["out"] == Path("T") and new["size"][-1] == 16
     assert "note:" not in err
-    old, err = run(seen, capsys, ["probe", "--teacher", str(tiny_teacher_dir), *common, "--layer", "down_blocks.1",
+    old, err = run(seen, capsys, ["probe", "--teacher", str(tiny_teacher_dir), "--timesteps", "0", "--modes", "clean",
+                                  "--layer", "down_blocks.1",
                                   "--image-size", "16", "--class-label", "auto", "--out", "T"])
     assert old["probe"] == new["probe"] and old["out"] == new["out"] and "--teacher.layer" in err
 

@@ -149,7 +149,7 @@ def test_onnx_export_of_the_classifier_gives_its_logits(classifier_run, tmp_path
 
 
 def test_head_export_needs_a_classifier(distill_run, classifier_run, tmp_path, capsys):
-    assert main(["export", str(distill_run), "--format", "timm", "--head", "--out", str(tmp_path / "t")]) == 1
+    assert main(["export", str(distill_run), "--format", "timm", "--head", "--path", str(tmp_path / "t")]) == 1
     err = capsys.readouterr().err.strip()
     assert "without a classifier head" in err and err.count("\n") == 0 and not (tmp_path / "t").exists()
     assert main(["export", str(classifier_run), "--format", "timm", "--head", "--out", str(tmp_path / "t")]) == 0
@@ -160,7 +160,7 @@ def test_onnx_export_without_the_extra_says_how_to_install_it(distill_run, tmp_p
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
     out = tmp_path / "b.onnx"
-    assert main(["export", str(distill_run), "--format", "onnx", "--out", str(out)]) == 1
+    assert main(["export", str(distill_run), "--format", "onnx", "--path", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert "pip install repfusion[onnx]" in err and "onnxscript" in err and err.count("\n") == 0
     assert not out.exists()

@@ -100,13 +100,17 @@ def check_input_is_data(argv: list[str]) -> None:
                 raise _refuse_class(found, "The command line")
 
 
-def config_parser(prog: str, schema: type, description: str) -> ArgumentParser:
+def config_parser(prog: str, schema: type, description: str, run_dir: bool = True,
+                  resume: bool = True) -> ArgumentParser:
+    """Every verb's parser (`cli.VERBS`); run_dir / resume: whether it takes --run-dir and --resume."""
     _deny_imports()
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, default_env=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file; later flags override it.")
     parser.add_class_arguments(schema, None, fail_untyped=True)
-    parser.add_argument("--run-dir", type=str, default=None, help="Output folder of the run.")
-    parser.add_argument("--resume", action="store_true", help="Continue an interrupted run from last.ckpt.")
+    if run_dir:
+        parser.add_argument("--run-dir", type=str, default=None, help="Output folder of the run.")
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="Continue an interrupted run from last.ckpt.")
     return parser
 
 
@@ -164,8 +168,8 @@ def parse_config(parser: ArgumentParser, schema: type[T], argv: list[str]) -> Pa
     found = _class_key(_as_data(config), "")
     if found:  # a free-form field given `class_path` as a plain key: still refused, never passed on
         raise _refuse_class(found, "The config")
-    run_dir = Path(built["run_dir"]) if built["run_dir"] else None
-    return ParsedRun(config, namespace, run_dir, bool(built["resume"]))
+    run_dir = Path(built["run_dir"]) if built.get("run_dir") else None
+    return ParsedRun(config, namespace, run_dir, bool(built.get("resume")))
 
 
 def save_resolved(parser: ArgumentParser, namespace: Namespace, path: Path) -> None:

@@ -10,6 +10,7 @@ labelled subset per seed (`demo_arms`) -> paired differences with 95 % intervals
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def demo_pretrain(cfg: DemoConfig) -> PretrainRun:
         trainer=TrainerConfig(ema_decay=0.99, progress=cfg.progress, log_every_n_steps=5))
 
 
-def run_demo(cfg: DemoConfig) -> dict:
+def run_demo(cfg: DemoConfig, on_start: Callable[[], None] | None = None) -> dict:
+    """on_start: called once every check has passed, before the first write (the CLI saves config.yaml)."""
     check_demo(cfg)
-    return run_pretrain(demo_pretrain(cfg), Path(cfg.out), cfg.resume)
+    return run_pretrain(demo_pretrain(cfg), Path(cfg.out), cfg.resume, on_start=on_start)

@@ -143,9 +143,12 @@ def finetune_config(cfg: DenseDemoConfig, init: Path | None, seed: int) -> Finet
                                             check_val_every_n_epoch=max(1, cfg.finetune_epochs // 3)))
 
 
-def run_dense_demo(cfg: DenseDemoConfig) -> dict:
+def run_dense_demo(cfg: DenseDemoConfig, on_start: Callable[[], None] | None = None) -> dict:
+    """on_start: called once every check has passed, before the first write (the CLI saves config.yaml)."""
     check_dense_demo(cfg)
     out, metric = cfg.folder, METRICS[cfg.task]
+    if on_start is not None:
+        on_start()
     write_json(out / "demo_config.json", dense_settings(cfg))
     start = time.time()
     teacher_run = TeacherRun(teacher="tiny-16", data=faces_data(cfg, flip=True),

@@ -1,4 +1,4 @@
-"""`repfusion embed --student RUN --data.root FOLDER`: the pooled features of every image under a folder.
+"""`repfusion embed --student.source RUN --data.root FOLDER`: the pooled features of every image under a folder.
 
 For the user's own downstream work (retrieval, clustering, a classifier in another library): one row per
 image, in the order of `files.csv` (a real CSV, header `file[,label]`: paths relative to the folder, found
@@ -12,21 +12,19 @@ image leaves the output folder as it was.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import RepFusionError
-from .flags import add_flag
-
-FORMATS = ("safetensors", "npy")
+from .verbs import EmbedRun
 SPLITS = ("train", "val", "test")  # a split folder's class sub-folders lie one level down
 
 
@@ -139,44 +137,19 @@ def _save_npy(tmp: str, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
-def _floats3(text: str) -> list[float]:
-    """--data.mean / --data.std: three numbers, as JSON ([0.5, 0.5, 0.5]) or comma-separated."""
-    try:
-        values = json.loads(text) if text.strip().startswith("[") else [float(v) for v in text.split(",")]
-    except ValueError:
-        values = None
-    if not isinstance(values, list) or len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
-        raise argparse.ArgumentTypeError(f"expected three numbers such as [0.5, 0.5, 0.5], not {text!r}")
-    return [float(v) for v in values]
-
-
-def run(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="repfusion embed", description="Pooled features of every image under a "
-                                     "folder (recursively), with the file list, for your own downstream work.")
-    parser.add_argument("--student", required=True, help="Distill run folder (or its student/), finetune run "
-                        "folder (or its model/).")
-    parser.add_argument("--data.root", dest="root", required=True, help="Folder of images (any nesting).")
-    parser.add_argument("--data.image_size", dest="image_size", type=int, default=None,
-                        help="Resize to this square size (default: the run's).")
-    parser.add_argument("--data.mean", dest="mean", type=_floats3, default=None,
-                        help="Pixel mean (default: the run's).")
-    parser.add_argument("--data.std", dest="std", type=_floats3, default=None, help="Pixel std (default: the run's).")
-    parser.add_argument("--data.batch_size", dest="batch_size", type=int, default=64)
-    parser.add_argument("--data.labels", dest="labels", default="auto",
-                        help="The label column of files.csv: auto (class sub-folders when the folder has them), "
-                        "folders, none, or a CSV of file,label rows (paths relative to --data.root).")
-    add_flag(parser, "--run-dir", "--out", dest="out", default="runs/embed",
-             help="Output folder (default runs/embed).")
-    parser.add_argument("--format", default="safetensors", choices=FORMATS)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when present).")
-    args = parser.parse_args(argv)
+def run_embed(cfg: EmbedRun, out: Path, save: Callable[[Path], None]) -> Path:
+    """`repfusion embed`: every check and every feature before the first write, then the files and config.yaml."""
     from .io import check_writable_dir
 
-    out, root = Path(args.out), Path(args.root)
-    check_writable_dir(out, "--out")
-    files, features, used = embed_files(root, args.student, image_size=args.image_size, mean=args.mean,
-                                        std=args.std, batch_size=args.batch_size, device=args.device,
-                                        labels=args.labels)
-    path = write_embeddings(out, root, files, features, used, args.format)
+    root = Path(cfg.data.root)
+    check_writable_dir(out)
+    data = cfg.data
+    files, features, used = embed_files(root, cfg.student.source, image_size=data.image_size,
+                                        mean=None if data.mean is None else list(data.mean),
+                                        std=None if data.std is None else list(data.std), batch_size=data.batch_size,
+                                        device=cfg.device, labels=data.labels or "auto")
+    path = write_embeddings(out, root, files, features, used, cfg.format)
+    save(out / "config.yaml")
     labelled = " with labels" if used["labels"] is not None else ""
     print(f"Wrote {path} ({features.shape[0]} x {features.shape[1]}) and {out / 'files.csv'}{labelled}")
+    return path

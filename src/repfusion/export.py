@@ -1,4 +1,4 @@
-"""`repfusion export RUN --format onnx|torchvision|safetensors|timm [--head] [--out PATH]`: a run's network for
+"""`repfusion export RUN --format onnx|torchvision|safetensors|timm [--head] [--path PATH]`: a run's network for
 other tools.
 
 onnx: the backbone as a graph from normalised images (`images`, B x 3 x S x S, batch dynamic) to pooled
@@ -15,21 +15,20 @@ exported before distill and finetune wrote `timm/` themselves.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from torch import nn
 
 from .errors import RepFusionError
 from .run_backbone import PooledBackbone, RunBackbone, load_run_backbone
+from .verbs import ExportRun
 
-FORMATS = ("onnx", "torchvision", "safetensors", "timm")
 ONNX_PACKAGES = ("onnx", "onnxscript")
 
 
@@ -115,59 +114,55 @@ def export_timm(run: RunBackbone, out: Path | None) -> tuple[Path, dict]:
 
     folder = out if out is not None else run.folder / TIMM_FOLDER
     if folder.exists() and not folder.is_dir():
-        raise RepFusionError(f"--out {folder} is a file; --format timm writes a folder (model.safetensors + "
+        raise RepFusionError(f"--path {folder} is a file; --format timm writes a folder (model.safetensors + "
                              "config.json): give a folder path.")
     return folder, write_timm_folder(run.network, folder, run.image_size, run.mean, run.std)
 
 
-def run(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="repfusion export", description="Export a distill or finetune run's "
-                                     "backbone (or fine-tuned classifier): ONNX, its weights under torchvision's key "
-                                     "names, or timm's Hub layout.")
-    parser.add_argument("run", help="Distill run folder (or its student/), finetune run folder (or its model/).")
-    parser.add_argument("--format", required=True, choices=FORMATS, help="onnx | torchvision | safetensors | timm "
-                        "(torchvision and safetensors: the same torchvision-keyed .safetensors file; timm: a folder "
-                        "with model.safetensors and a config.json with pretrained_cfg).")
-    parser.add_argument("--head", action="store_true", help="The fine-tuned classifier with its head (a finetune "
-                        "classification run): ONNX gives class logits; the timm folder always holds what the "
-                        "export holds.")
-    parser.add_argument("--out", default=None, help="Output file (default: in the run's student/ or model/ folder: "
-                        "backbone.onnx, classifier.onnx with --head, torchvision_ARCH.safetensors), or folder for "
-                        "--format timm (default: its timm/).")
-    parser.add_argument("--data.image_size", dest="image_size", type=int, default=None,
-                        help="ONNX input size (default: the size the run was trained at).")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch.onnx's).")
-    args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.is_dir() and args.format != "timm":
-        raise RepFusionError(f"--out {out} is a folder; give a file path (e.g. {out / 'backbone.onnx'}).")
-    if args.head and args.format in ("torchvision", "safetensors"):
+def config_path(output: Path) -> Path:
+    """Where export saves its resolved config: beside what it wrote, named after it (backbone.onnx ->
+    backbone.config.yaml, a timm/ folder -> timm.config.yaml), so it never takes the place of the run's own
+    config.yaml, which run_backbone and the probes read."""
+    return output.parent / f"{output.name if output.is_dir() else output.stem}.config.yaml"
+
+
+def run_export(cfg: ExportRun, save: Callable[[Path], None]) -> Path:
+    """`repfusion export`: check, write the export, then its config beside it; returns what was written."""
+    out = Path(cfg.path) if cfg.path else None
+    if out is not None and out.is_dir() and cfg.format != "timm":
+        raise RepFusionError(f"--path {out} is a folder; give a file path (e.g. {out / 'backbone.onnx'}).")
+    if cfg.head and cfg.format in ("torchvision", "safetensors"):
         raise RepFusionError("The torchvision-keyed file is the backbone alone; the classifier with its head is "
                              "--format timm (its folder) or --format onnx --head.")
-    if args.format == "onnx":
+    if cfg.format == "onnx":
         check_onnx_available()  # before loading anything: the missing package is the whole answer
-    run_ = load_run_backbone(args.run)
-    if args.head:
+    run_ = load_run_backbone(cfg.student.source)
+    if cfg.head:
         classifier_of(run_)  # refused before anything is written
-    if args.format == "timm":
+    if cfg.format == "timm":
         folder, fact = export_timm(run_, out)
+        save(config_path(folder))
         how = ("timm builds it: timm.create_model(\"" + str(fact["architecture"]) + "\", checkpoint_path=...)"
                if fact["timm_loadable"] else "repfusion.torchvision_keys.load_timm_folder rebuilds it")
         what = f"{fact['num_classes']} classes" if fact["num_classes"] else "pooled features"
         print(f"Wrote {folder / 'model.safetensors'} and {folder / 'config.json'} (timm's Hub layout, "
               f"architecture {fact['architecture']}, {what}; {how})")
-        return
-    if args.format != "onnx":
+        return folder
+    if cfg.format != "onnx":
         if out is not None and out.suffix != ".safetensors":
-            raise RepFusionError(f"--out {out} must end in .safetensors for --format {args.format}.")
-        print(f"Wrote {export_torchvision(run_, out)} (the library's key names, classifier left out)")
-        return
-    size = args.image_size or run_.image_size
+            raise RepFusionError(f"--path {out} must end in .safetensors for --format {cfg.format}.")
+        path = export_torchvision(run_, out)
+        save(config_path(path))
+        print(f"Wrote {path} (the library's key names, classifier left out)")
+        return path
+    size = cfg.data.image_size or run_.image_size
     if size is None or size < 1:
         raise RepFusionError(f"The run in {run_.folder} does not record its image size; give --data.image_size.")
-    default = run_.folder / ("classifier.onnx" if args.head else "backbone.onnx")
-    path = export_onnx(run_, out or default, size, args.opset, head=args.head)
-    result = (f"logits [B, {run_.network.fc.out_features}]" if args.head
+    default = run_.folder / ("classifier.onnx" if cfg.head else "backbone.onnx")
+    path = export_onnx(run_, out or default, size, cfg.opset, head=cfg.head)
+    save(config_path(path))
+    result = (f"logits [B, {run_.network.fc.out_features}]" if cfg.head
               else f"features [B, {run_.backbone.feature_channels}]")
     print(f"Wrote {path}: images [B, {getattr(run_.backbone.config, 'in_channels', 3)}, {size}, {size}] normalised "
           f"with mean {list(run_.mean)}, std {list(run_.std)} -> {result}", file=sys.stdout)
+    return path

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +22,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..features import pooled
 from ..io import write_json, write_text
-from ..teachers import DEFAULT_TEACHER_LAYER, DiffusionTeacher
+from ..teachers import DiffusionTeacher
 
 
 @dataclass
 class ProbeConfig:
     timesteps: list[int] = field(default_factory=lambda: [0, 50, 100, 200, 400, 600, 800, 999])
     modes: list[str] = field(default_factory=lambda: ["clean", "noised"])
-    layers: list[str] = field(default_factory=lambda: [DEFAULT_TEACHER_LAYER])
+    layers: list[str] | None = None  # null: the teacher's own default_layer, the one default there is
     batch_size: int = 256
     max_iter: int = 2000
     seed: int = 0
@@ -86,6 +86,7 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
 def run_probe(teacher: DiffusionTeacher, train_set: Dataset, test_set: Dataset, cfg: ProbeConfig, out: Path,
               log=print) -> list[dict]:
     """Probe every (layer, mode, t); write probe.json, probe.md and probe.png to `out`; return the rows."""
+    cfg = replace(cfg, layers=list(cfg.layers or [teacher.default_layer]))
     rows, spectra, variance = [], {}, []
     for mode in cfg.modes:
         train_by_t: dict[str, list[np.ndarray]] = {layer: [] for layer in cfg.layers}
