@@ -44,7 +44,9 @@ Each seed runs its own distillations. Finished runs are kept, so an interrupted 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shlex
@@ -112,9 +114,26 @@ def distill_config(arm: str, args: argparse.Namespace, data, seed: int):
         loss = LossSection("hint", target_norm="per_t", target_bins=1, options=options)
         timesteps = TimestepConfig("fixed", t=0)
     teacher = dataclasses.replace(teacher, init=init)
+    cacheable = timesteps.strategy == "fixed" and teacher.noise_mode == "clean"  # the target is fixed per view
     return DistillRun(teacher=teacher, student=StudentSection("resnet18_cifar", args.width), loss=loss,
                       timesteps=timesteps, reward=reward, data=data, optim=OptimConfig(lr=0.1),
-                      trainer=trainer(args.distill_epochs, seed))
+                      trainer=trainer(args.distill_epochs, seed),
+                      cache_views=getattr(args, "cache_views", 0) if cacheable else 0)
+
+
+@contextlib.contextmanager
+def held(lock: Path | None):
+    """Each training holds the machine's training lock on its own (`--lock`), so other work can run between them
+    and nothing runs beside a timed one; a lock held for a whole benchmark would starve the rest for hours."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def trainer(epochs: int, seed: int):
@@ -147,6 +166,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", default="cifar_transfer", help="Stem of the result files.")
     parser.add_argument("--train-limit", type=int, default=None, help="Smoke runs only.")
+    parser.add_argument("--cache-views", type=int, default=0,
+                        help="Cached teacher targets, this many stored views per image (fixed-t clean recipes).")
+    parser.add_argument("--lock", type=Path, default=None, help="A lock file each training takes on its own.")
     args = parser.parse_args()
     if not args.data.exists() or not Path(args.teacher).exists():
         print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
@@ -181,11 +203,12 @@ def main() -> None:
                 probe = probe_student("random:resnet18_cifar", splits.train_set, splits.val_set, width=args.width)
                 write_json(done, {"seconds": 0.0, "final_t_distribution": None, "val_probe": probe})
             if not done.exists():
-                start = time.time()
-                run_distillation(distill_config(arm, args, data, seed), run_dir,
-                                 resume=(run_dir / "checkpoints" / "last.ckpt").exists())
-                t_hist = json.loads((run_dir / "timesteps.json").read_text())["history"]
-                probe = probe_student(run_dir, splits.train_set, splits.val_set)
+                with held(args.lock):
+                    start = time.time()
+                    run_distillation(distill_config(arm, args, data, seed), run_dir,
+                                     resume=(run_dir / "checkpoints" / "last.ckpt").exists())
+                    t_hist = json.loads((run_dir / "timesteps.json").read_text())["history"]
+                    probe = probe_student(run_dir, splits.train_set, splits.val_set)
                 write_json(done, {"seconds": time.time() - start, "final_t_distribution": t_hist[-1],
                                   "val_probe": probe})
             summary = json.loads(done.read_text())
@@ -212,7 +235,8 @@ def main() -> None:
                     ft = FinetuneRun(init=init, student=ModelSection("resnet18_cifar", args.width), data=labelled,
                                      optim=OptimConfig(lr=0.1, nesterov=True), trainer=trainer(arm_epochs, seed),
                                      **protocol_changes(args, arm))
-                    metrics = run_finetune(ft, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
+                    with held(args.lock):
+                        metrics = run_finetune(ft, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
                     write_json(done, {"top1": metrics["test/top1"], "val_top1": metrics.get("val/top1"),
                                       "seconds": time.time() - start, "epochs": arm_epochs, "seed": seed,
                                       "protocol": args.protocol})
@@ -280,7 +304,8 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
     pct = lambda x: f"{100 * x:.2f}"  # noqa: E731
     lines = ["# CIFAR-10 subset: does the teacher's knowledge transfer?", "", f"Command: `{command}`", "",
              f"Student resnet18_cifar width {args.width}; distillation {args.distill_epochs} epochs on every "
-             f"non-validation training image; {len(seeds)} seeds ({', '.join(map(str, seeds))}), each with its own "
+             f"non-validation training image"
+             f"{f' with cached teacher targets ({args.cache_views} stored views an image)' if args.cache_views else ''}; {len(seeds)} seeds ({', '.join(map(str, seeds))}), each with its own "
              f"distillations (and its own "
              "random teacher) and its own labelled subset (shared by the arms of that seed); 10 % of the training "
              "images held out for validation; test split only reported. All arms ran on one machine in this run. "
@@ -310,6 +335,8 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
         labels = "-" if e["fraction"] is None else f"{100 * e['fraction']:g} %"
         lines.append(f"| {labels} | {e['metric']} | {e['a']} | {e['b']} | {format_entry(e)} | {e['n']} |")
     write_text(args.out / f"{args.name}.md", "\n".join(lines) + "\n")
+    plot_arms({arm: [100 * x for x in d["val_linear_probe"]] for arm, d in distill.items()},
+              args.out / f"{args.name}_probe.png", "CIFAR-10 subset, frozen backbones", "val linear probe (%)")
     for fraction, arms in table.items():
         plot_arms({arm: [100 * x for x in r["runs"]] for arm, r in arms.items()},
                   args.out / f"{args.name}_{100 * float(fraction):g}pct.png",

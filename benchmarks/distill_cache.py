@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import json
 import shlex
 import shutil
@@ -26,22 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from cifar_transfer import SHARED, distill_config, portable  # noqa: E402
-
-
-@contextlib.contextmanager
-def held(lock: Path | None):
-    """Each training holds the machine's training lock on its own, so other work can run between them and
-    nothing runs beside a timed one (a lock held for the whole benchmark would starve the rest for an hour)."""
-    if lock is None:
-        yield
-        return
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+from cifar_transfer import SHARED, distill_config, held, portable  # noqa: E402
 
 
 class EpochClock:
