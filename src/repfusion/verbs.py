@@ -64,23 +64,29 @@ class TeacherOptions:
 
 
 @dataclass
-class StudentSource:
-    """A trained student to read, or a random one.
+class StudentArch:
+    """A student architecture to build: built-in, timm:NAME or torchvision:NAME, at a width."""
 
-    source: distill run folder (or its student/), finetune run folder (or its model/), or random[:ARCH] for a
-        randomly initialised student.
-    arch / width: a random student's architecture (default resnet18_cifar) and width.
-    layer: the layer to read (default the student's feature layer).
-    """
-
-    source: str | None = None
     arch: str | None = None
     width: float = 1.0
-    layer: str | None = None
 
     def __post_init__(self) -> None:
         if self.width <= 0:
             raise RepFusionError(f"student.width must be a number > 0, not {self.width}.")
+
+
+@dataclass
+class StudentSource(StudentArch):
+    """A trained student to read, or a random one: StudentArch's arch and width (a random student's architecture,
+    default resnet18_cifar, and width) and their check, plus
+
+    source: distill run folder (or its student/), finetune run folder (or its model/), or random[:ARCH] for a
+        randomly initialised student.
+    layer: the layer to read (default the student's feature layer).
+    """
+
+    source: str | None = None
+    layer: str | None = None
 
 
 @dataclass
@@ -138,7 +144,6 @@ class ProbeRun:
     """`repfusion probe`: what a teacher knows at each t (teacher.source), or a frozen student's linear-probe
     and k-NN accuracy (student.source); exactly one of the two."""
 
-
     teacher: TeacherOptions = field(default_factory=TeacherOptions)
     student: StudentSource = field(default_factory=StudentSource)
     data: SampleData = field(default_factory=SampleData)
@@ -153,18 +158,6 @@ class ProbeRun:
         if self.student.source is not None:
             if self.teacher.layer is not None:
                 raise RepFusionError("--teacher.layer names a teacher's layers; a student's layer is --student.layer.")
-
-
-@dataclass
-class StudentArch:
-    """A student architecture to build: built-in, timm:NAME or torchvision:NAME, at a width."""
-
-    arch: str | None = None
-    width: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.width <= 0:
-            raise RepFusionError(f"student.width must be a number > 0, not {self.width}.")
 
 
 @dataclass

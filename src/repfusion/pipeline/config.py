@@ -8,14 +8,13 @@ a short probe.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..data import DataConfig
 from ..errors import RepFusionError
 from ..jsondata import JSONValue
-from ..section import Section, whole_number
+from ..section import Section, finite_number, whole_number
 from ..training import TrainerConfig
 
 PIPELINE_PRESETS = ("tiny-16", "small-32")  # the DDPMs the pipeline trains itself when no teacher is given
@@ -110,8 +109,7 @@ class StageBudget(Section):
 
     def __post_init__(self) -> None:
         _check_count(self.epochs, f"{self.KEY}.epochs", budget_may_fill=True)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) \
-                or self.lr <= 0:  # found here, not once the earlier stages have trained
+        if not finite_number(self.lr) or self.lr <= 0:  # found here, not once the earlier stages have trained
             raise RepFusionError(f"{self.KEY}.lr must be a positive learning rate (e.g. 0.1), not {self.lr}.")
         if self.batch_size is not None and (not whole_number(self.batch_size) or self.batch_size < 1):
             raise RepFusionError(f"{self.KEY}.batch_size must be a whole number >= 1 (or null for data.batch_size), "
