@@ -244,7 +244,7 @@ def main() -> None:
                 results["finetune"].setdefault(f"{fraction:g}", {}).setdefault(arm, []).append(summary)
                 print(f"finetune {arm:>13} {100 * fraction:g} % labels seed {seed}: test top-1 "
                       f"{100 * summary['top1']:.2f} % ({summary['epochs']} epochs)", flush=True)
-    report(results, args, shlex.join(["python", *sys.argv]))
+    report(results, args, portable_command())
 
 
 def paired_list(results: dict) -> list[dict]:
@@ -277,6 +277,11 @@ def portable(value: object) -> str:
     if isinstance(value, Path) or Path(text).is_absolute():
         return os.path.relpath(text, ROOT)
     return text
+
+
+def portable_command() -> str:
+    """This run's command line with its absolute paths relative to the repository (`portable`)."""
+    return shlex.join(["python", *(portable(arg) for arg in sys.argv)])
 
 
 def report(results: dict, args: argparse.Namespace, command: str) -> None:

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import shlex
 import shutil
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from cifar_transfer import SHARED, distill_config, held, portable  # noqa: E402
+from cifar_transfer import SHARED, distill_config, held, portable, portable_command  # noqa: E402
 
 
 class EpochClock:
@@ -149,7 +148,7 @@ def main() -> None:
                   f"({summary['seconds']:.0f} s)", flush=True)
 
     same_time = (args.epochs[0] * speed[0]["per_epoch_s"] - speed[args.views]["fill_s"]) / speed[args.views]["per_epoch_s"]
-    command = shlex.join(["python", *sys.argv])
+    command = portable_command()
     write_json(args.out / "distill_cache.json", {
         "command": command, "config": {k: portable(v) for k, v in vars(args).items()}, "seeds": [args.seed],
         "speed": {"no_cache": speed[0], "cache": speed[args.views], "views": args.views,
