@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import Subset
 
 from repfusion.analysis.probe import variance_shares
-from repfusion.analysis.student_probe import (knn_accuracy, load_probe_student, probe_student, student_features,
-                                              trained_normalization)
+from repfusion.analysis.student_probe import knn_accuracy, load_probe_student, probe_student, student_features
 from repfusion.cli import main
 from repfusion.data import Normalize, digits
 from repfusion.errors import RepFusionError
+from repfusion.run_folder import run_normalization
 from repfusion.students import build_student
 
 
@@ -49,7 +49,7 @@ def test_run_folders_resolve_and_bring_their_normalisation(tmp_path, small_digit
     (tmp_path / "finetune" / "model").mkdir(parents=True)
     build_student("resnet18_cifar", 0.125, num_classes=10).save_pretrained(tmp_path / "finetune" / "model")
     assert load_probe_student(tmp_path / "finetune")[0].config.num_classes == 10
-    assert trained_normalization(tmp_path / "finetune" / "model") is None
+    assert run_normalization(tmp_path / "finetune" / "model") is None
     # probing the folder uses its run's normalisation: the same numbers as the module with that normalisation
     train, test = small_digits
     by_path = probe_student(tmp_path, train, test)

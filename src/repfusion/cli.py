@@ -201,18 +201,12 @@ def _probe_data(section, image_size: int | None, run: dict | None = None):
 
 def _run_data(student: str) -> dict | None:
     """The data section of the run that trained `student` (its config.yaml), so a probe reads the same images."""
-    import yaml
-
-    from .analysis.student_probe import RANDOM_PREFIX, student_folder
+    from .analysis.student_probe import RANDOM_PREFIX
+    from .run_folder import run_data_section, student_export
 
     if student.split(":")[0] == RANDOM_PREFIX:
         return None
-    folder = student_folder(student)
-    for config in (folder / "config.yaml", folder.parent / "config.yaml"):
-        if config.is_file():
-            data = (yaml.safe_load(config.read_text()) or {}).get("data")
-            return data if isinstance(data, dict) else None
-    return None
+    return run_data_section(student_export(student)) or None
 
 
 def _probe_student(inv: Invocation) -> None:

@@ -165,9 +165,9 @@ def _init_facts(init: str | None, run_dir: Path | None = None) -> dict[str, Any]
     if not init:
         return {"init": "scratch", "license": UNKNOWN_LICENSE,
                 "license_note": "trained from scratch on its data: the data's terms decide"}
-    from .students import find_export
+    from .run_folder import distill_export
 
-    folder = find_export(init, ("student",))
+    folder = distill_export(init)
     try:
         card = read_model_card(folder) if folder is not None else None
     except RepFusionError:  # an init's broken card must not fail a finished fine-tune: its facts stay out

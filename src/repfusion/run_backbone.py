@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from .errors import RepFusionError
 from .model_card import read_model_card
-from .students import STUDENT_CLASSES, find_export, load_student
+from .run_folder import DEFAULT_MEAN_STD, run_data_section, run_export
+from .students import STUDENT_CLASSES, load_student
 from .torchvision_keys import backbone_of
-
-DEFAULT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
 class PooledBackbone(nn.Module):
@@ -43,17 +41,6 @@ class RunBackbone:
     image_size: int | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
-
-
-def export_folder(source: str | Path) -> Path:
-    """student/ of a distill run, model/ of a finetune run, or an export folder itself; one sentence otherwise."""
-    found = find_export(source, ("student", "model"))
-    if found is not None:
-        return found
-    if not Path(source).exists():
-        raise RepFusionError(f"Run {source} does not exist; give a distill or finetune run folder.")
-    raise RepFusionError(f"{source} is not a repfusion run (no config.json in it, student/ or model/); give a distill "
-                         "run folder, a finetune run folder, or their student/ or model/ folder.")
 
 
 def _task_network_classes() -> dict[str, type]:
@@ -84,22 +71,12 @@ def load_network(folder: Path) -> nn.Module:
         raise RepFusionError(f"The network in {folder} cannot be loaded ({first}); export it again.") from None
 
 
-def _config_data(folder: Path) -> dict:
-    for config in (folder / "config.yaml", folder.parent / "config.yaml"):
-        if config.is_file():
-            try:
-                return (yaml.safe_load(config.read_text()) or {}).get("data") or {}
-            except (yaml.YAMLError, UnicodeDecodeError, AttributeError):
-                return {}
-    return {}
-
-
 def load_run_backbone(source: str | Path) -> RunBackbone:
     """The run's network, its backbone, and the input size / normalisation it was trained with (when known)."""
-    folder = export_folder(source)
+    folder = run_export(source)
     network = load_network(folder)
     card_data = (read_model_card(folder) or {}).get("data") or {}
-    config_data = _config_data(folder)
+    config_data = run_data_section(folder)
     size = card_data.get("image_size") or config_data.get("image_size")
     mean = card_data.get("mean") or config_data.get("mean") or DEFAULT_MEAN_STD[0]
     std = card_data.get("std") or config_data.get("std") or DEFAULT_MEAN_STD[1]

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -23,34 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.augment import Normalize
 from ..errors import RepFusionError
 from ..features import layer_output, pooled, resolve_modules
-from ..students import build_student, find_export, load_student
+from ..run_folder import DEFAULT_MEAN_STD, run_normalization, student_export
+from ..students import build_student, load_student
 from .probe import linear_probe
 
-DEFAULT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 RANDOM_PREFIX = "random"
-
-
-def student_folder(source: str | Path) -> Path:
-    """The exported student inside a distill run folder (student/), a finetune run folder (model/), or itself."""
-    found = find_export(source, ("student", "model"))
-    if found is not None:
-        return found
-    if not Path(source).exists():
-        raise RepFusionError(f"Student {source} does not exist; give a distill or finetune run folder, or "
-                             "random:ARCH for a randomly initialised student.")
-    raise RepFusionError(f"{source} holds no exported student (no config.json in it, student/ or model/); give a "
-                         "distill run folder, its student/ folder or a finetune run's model/ folder.")
-
-
-def trained_normalization(folder: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """(mean, std) from the config.yaml of the run that trained the student in `folder`, when it has one."""
-    folder = Path(folder)
-    for config in (folder / "config.yaml", folder.parent / "config.yaml"):
-        if config.is_file():
-            data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
-            if data.get("mean") is not None and data.get("std") is not None:
-                return tuple(map(float, data["mean"])), tuple(map(float, data["std"]))
-    return None
 
 
 def load_probe_student(source: str | Path, arch: str | None = None, width: float = 1.0,
@@ -64,8 +40,8 @@ def load_probe_student(source: str | Path, arch: str | None = None, width: float
     if text == RANDOM_PREFIX or text.startswith(RANDOM_PREFIX + ":"):
         name = text.partition(":")[2] or arch or "resnet18_cifar"
         return build_student(name, width, num_classes=0, in_channels=in_channels), None
-    folder = student_folder(source)
-    return load_student(folder), trained_normalization(folder)
+    folder = student_export(source)
+    return load_student(folder), run_normalization(folder)
 
 
 @torch.no_grad()
@@ -179,7 +155,7 @@ def run_student_probe(source: str, train_set: Dataset, test_set: Dataset, out: P
     if str(source).split(":")[0] != RANDOM_PREFIX:  # the exported student's own architecture, not the flags'
         from ..students import read_student_config
 
-        saved = read_student_config(student_folder(source))
+        saved = read_student_config(student_export(source))
         shown.update(arch=saved["arch"], width=saved["width"])
     write_json(out / "student_probe.json", {"student": str(source), **shown, "data": data,
                                             "train_images": len(train_set), "test_images": len(test_set), **result})

@@ -71,15 +71,6 @@ def read_student_config(folder: str | Path) -> dict:
     return config
 
 
-def find_export(path: str | Path, subfolders: tuple[str, ...] = ("student",)) -> Path | None:
-    """The exported student folder (one holding config.json): `path` itself or one of its `subfolders`."""
-    path = Path(path)
-    for candidate in (path, *(path / name for name in subfolders)):
-        if (candidate / "config.json").is_file():
-            return candidate
-    return None
-
-
 def load_student(folder: str | Path, module: nn.Module | None = None) -> ModelMixin:
     """A student exported with save_pretrained (safetensors weights + config naming arch and width).
 
@@ -109,4 +100,4 @@ def load_student(folder: str | Path, module: nn.Module | None = None) -> ModelMi
 
 
 __all__ = ["STUDENTS", "ExternalStudent", "HRNet", "MobileNetV2", "ModuleStudent", "ResNet", "build_student",
-           "check_given_student", "check_student", "find_export", "load_student", "read_student_config"]
+           "check_given_student", "check_student", "load_student", "read_student_config"]

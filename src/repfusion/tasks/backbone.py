@@ -14,7 +14,8 @@ from torch import nn
 
 from ..errors import RepFusionError
 from ..io import load_checkpoint, load_tensors
-from ..students import find_export, read_student_config
+from ..run_folder import distill_export
+from ..students import read_student_config
 
 HEAD_PREFIXES = ("fc.", "classifier.")
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -25,14 +26,9 @@ class ModelChoice(Protocol):
     width: float | None
 
 
-def student_folder(init: str) -> Path | None:
-    """A distill run folder's exported student, or the export folder itself."""
-    return find_export(init, ("student",))
-
-
 def backbone_weights(init: str) -> dict[str, torch.Tensor]:
     """Backbone tensors from an export folder, a safetensors file, or a checkpoint (weights_only)."""
-    folder = student_folder(init)
+    folder = distill_export(init)
     path = Path(init)
     if folder is not None:
         return load_tensors(folder / WEIGHTS_FILE)
@@ -50,7 +46,7 @@ def backbone_weights(init: str) -> dict[str, torch.Tensor]:
 
 def resolve_architecture(init: str | None, student: ModelChoice, default_arch: str = "resnet18_cifar") -> tuple[str, float]:
     """The init's architecture wins; asking for another one is an error, not a silent partial load."""
-    folder = student_folder(init) if init else None
+    folder = distill_export(init) if init else None
     if folder is None:
         if student.width is None:  # a scratch baseline four times wider than a width-0.25 student compares nothing
             import sys

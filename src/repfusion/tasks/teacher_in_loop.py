@@ -35,7 +35,7 @@ from ..errors import RepFusionError
 from ..features import FeatureTap, layer_output
 from ..io import load_checkpoint, load_tensors
 from ..section import Section
-from ..students import find_export
+from ..run_folder import distill_export
 
 
 @dataclass
@@ -118,7 +118,7 @@ def build_in_loop(init: str | None, student: nn.Module, student_layer: str, sect
     """The init run's own distillation term, checked against the fine-tuned network's feature shape."""
     from ..teachers import load_teacher
 
-    folder = find_export(init, ("student",)) if init else None
+    folder = distill_export(init) if init else None
     if folder is None or not (folder / "distillation.json").is_file():
         raise RepFusionError(f"teacher_in_loop needs init to be a distill run (it reuses that run's teacher, layer and "
                              f"adapter), but init is {init or 'empty (scratch)'}; set init or teacher_in_loop.weight 0.")
