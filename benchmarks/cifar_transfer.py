@@ -34,6 +34,13 @@ Fine-tuning protocols (`--protocol`, applied identically to every arm; issue 23)
 - joint: the teacher in the loop, L = CE + w (D_labelled + D_unlabelled), with each distilled arm's own teacher
   (the random-teacher student keeps its random teacher); scratch arms have no teacher and train plainly.
 - lpft-joint: both.
+- lp: the linear probe kept: the head starts as the probe and only the head trains (the backbone frozen for
+  every epoch, BatchNorm statistics included), so nothing distillation put in is lost; the bound on what
+  fine-tuning can keep.
+
+Several protocols (`--protocol plain lpft lp`): every arm runs each, and per seed and arm the protocol with
+the highest validation top-1 is the one reported (the same menu for every arm; the test split never
+chooses); the per-protocol means are reported beside it.
 
 Each seed runs its own distillations. Finished runs are kept, so an interrupted benchmark continues. Seeds:
 `--seeds N --seed-offset M` runs seeds M .. M+N-1 (or `--seed-list 10 11 12`); the JSON records them.
@@ -61,17 +68,20 @@ DISTILLED = ("paper", "t0", "v1", "ours", "ours-pooled", "ours-policy", "ours-fu
 FUSED_LAYERS = ["down_blocks.2", "mid_block", "up_blocks.0"]  # the three largest trained - random probe gaps
 ARMS = ("scratch", "scratch-equal", *DISTILLED, *(f"{a}-random" for a in DISTILLED))
 PROBE_LAYER = "up_blocks.0"
-PROTOCOLS = ("plain", "lpft", "joint", "lpft-joint")
+PROTOCOLS = ("plain", "lpft", "joint", "lpft-joint", "lp")
 
 
-def protocol_changes(args: argparse.Namespace, arm: str) -> dict:
-    """FinetuneRun fields of the chosen protocol for one arm (scratch arms have no teacher to keep in the loop)."""
+def protocol_changes(args: argparse.Namespace, protocol: str, arm: str, epochs: int) -> dict:
+    """FinetuneRun fields of one protocol for one arm of `epochs` epochs (scratch arms have no teacher to keep
+    in the loop)."""
     from repfusion.tasks.teacher_in_loop import TeacherInLoopSection
 
     changes: dict = {}
-    if args.protocol.startswith("lpft"):
+    if protocol.startswith("lpft"):
         changes["head_init"], changes["head_epochs"] = "probe", args.head_epochs
-    if args.protocol.endswith("joint") and not arm.startswith("scratch"):
+    if protocol == "lp":
+        changes["head_init"], changes["head_epochs"] = "probe", epochs
+    if protocol.endswith("joint") and not arm.startswith("scratch"):
         changes["teacher_in_loop"] = TeacherInLoopSection(weight=args.in_loop_weight, views=args.in_loop_views)
     return changes
 
@@ -149,7 +159,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="How many seeds (from --seed-offset).")
     parser.add_argument("--seed-offset", type=int, default=0, help="The first seed; fresh seeds for a rerun.")
     parser.add_argument("--seed-list", type=int, nargs="+", default=None, help="Explicit seeds (overrides both).")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="plain", help="Fine-tuning protocol of every arm.")
+    parser.add_argument("--protocol", choices=PROTOCOLS, nargs="+", default=["plain"],
+                        help="Fine-tuning protocol(s) of every arm; several: chosen per seed and arm on validation.")
     parser.add_argument("--head-epochs", type=int, default=0,
                         help="lpft protocols: head-only SGD epochs after the probe head (0: the probe head only).")
     parser.add_argument("--in-loop-weight", type=float, default=1.0, help="w of the joint protocols.")
@@ -175,13 +186,11 @@ def main() -> None:
         return
 
     import torch
-    from repfusion.analysis.controls import equal_compute_epochs, labelled_images, steps_per_epoch
+    from repfusion.analysis.controls import steps_per_epoch
     from repfusion.analysis.student_probe import probe_student
     from repfusion.data import DataConfig, ImageDataModule
     from repfusion.distill.run import run_distillation
     from repfusion.io import write_json
-    from repfusion.tasks.finetune import FinetuneRun, ModelSection, run_finetune
-    from repfusion.training import OptimConfig
 
     root = str(args.data / "cifar-10-batches-py") if (args.data / "cifar-10-batches-py").is_dir() else str(args.data)
     data = DataConfig(source="cifar", root=root, batch_size=args.batch, val_fraction=0.1, flip=True,
@@ -192,7 +201,6 @@ def main() -> None:
     results: dict = {"distill": {}, "finetune": {}}
     seeds = seed_list(args)
     args.seeds = len(seeds)
-    suffix = "" if args.protocol == "plain" else f"-{args.protocol}"
     for seed in seeds:
         for arm in args.arms:  # distillations first: every fraction reuses them (scratch: the random init)
             work = "scratch" if arm.startswith("scratch") else arm
@@ -221,30 +229,51 @@ def main() -> None:
             labelled = dataclasses.replace(data, label_fraction=fraction, split_seed=seed,
                                            batch_size=args.batch if fraction >= 0.5 else 64)
             for arm in args.arms:
-                run_dir = args.work / arm / f"seed{seed}" / f"finetune-{fraction:g}{suffix}"
-                done = run_dir / "summary.json"
-                arm_epochs = epochs
-                if arm == "scratch-equal":  # joint: each step also passes a batch of every image through the student
-                    extra = (epochs * steps_per_epoch(labelled_images(labelled), labelled.batch_size)
-                             if args.protocol.endswith("joint") else 0)
-                    arm_epochs = equal_compute_epochs(distill_steps + extra, labelled_images(labelled),
-                                                      labelled.batch_size, epochs)
-                if not done.exists():
-                    start = time.time()
-                    init = None if arm.startswith("scratch") else str(args.work / arm / f"seed{seed}" / "distill")
-                    ft = FinetuneRun(init=init, student=ModelSection("resnet18_cifar", args.width), data=labelled,
-                                     optim=OptimConfig(lr=0.1, nesterov=True), trainer=trainer(arm_epochs, seed),
-                                     **protocol_changes(args, arm))
-                    with held(args.lock):
-                        metrics = run_finetune(ft, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
-                    write_json(done, {"top1": metrics["test/top1"], "val_top1": metrics.get("val/top1"),
-                                      "seconds": time.time() - start, "epochs": arm_epochs, "seed": seed,
-                                      "protocol": args.protocol})
-                summary = json.loads(done.read_text())
+                runs = {protocol: finetune_arm(args, arm, seed, fraction, protocol, labelled, epochs, distill_steps)
+                        for protocol in args.protocol}
+                chosen = max(runs, key=lambda p: (runs[p]["val_top1"], -args.protocol.index(p)))
+                summary = {**runs[chosen], "protocol": chosen,
+                           "by_protocol": {p: {"top1": r["top1"], "val_top1": r["val_top1"]} for p, r in runs.items()}}
                 results["finetune"].setdefault(f"{fraction:g}", {}).setdefault(arm, []).append(summary)
                 print(f"finetune {arm:>13} {100 * fraction:g} % labels seed {seed}: test top-1 "
-                      f"{100 * summary['top1']:.2f} % ({summary['epochs']} epochs)", flush=True)
+                      f"{100 * summary['top1']:.2f} % ({summary['epochs']} epochs, protocol {chosen})", flush=True)
     report(results, args, portable_command())
+
+
+def finetune_arm(args: argparse.Namespace, arm: str, seed: int, fraction: float, protocol: str,
+                 labelled: object, epochs: int, distill_steps: int) -> dict:
+    """One arm's fine-tune under one protocol (kept: a finished run is read back), its summary."""
+    from repfusion.analysis.controls import equal_compute_epochs, labelled_images, steps_per_epoch
+    from repfusion.io import write_json
+    from repfusion.tasks.finetune import FinetuneRun, ModelSection, run_finetune
+    from repfusion.training import OptimConfig
+
+    if arm.startswith("scratch"):  # no teacher to keep in the loop: joint is plain, lpft-joint lpft for them
+        protocol = {"joint": "plain", "lpft-joint": "lpft"}.get(protocol, protocol)
+    suffix = "" if protocol == "plain" else f"-{protocol}"
+    run_dir = args.work / arm / f"seed{seed}" / f"finetune-{fraction:g}{suffix}"
+    done = run_dir / "summary.json"
+    arm_epochs = epochs
+    if arm == "scratch-equal":  # joint: each step also passes a batch of every image through the student
+        extra = (epochs * steps_per_epoch(labelled_images(labelled), labelled.batch_size)
+                 if protocol.endswith("joint") else 0)
+        arm_epochs = equal_compute_epochs(distill_steps + extra, labelled_images(labelled),
+                                          labelled.batch_size, epochs)
+    if not done.exists():
+        start = time.time()
+        init = None if arm.startswith("scratch") else str(args.work / arm / f"seed{seed}" / "distill")
+        ft = FinetuneRun(init=init, student=ModelSection("resnet18_cifar", args.width), data=labelled,
+                         optim=OptimConfig(lr=0.1, nesterov=True), trainer=trainer(arm_epochs, seed),
+                         **protocol_changes(args, protocol, arm, arm_epochs))
+        with held(args.lock):
+            metrics = run_finetune(ft, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
+        write_json(done, {"top1": metrics["test/top1"], "val_top1": metrics.get("val/top1"),
+                          "seconds": time.time() - start, "epochs": arm_epochs, "seed": seed,
+                          "protocol": protocol})
+    summary = json.loads(done.read_text())
+    print(f"  {arm:>13} {100 * fraction:g} % seed {seed} {protocol}: val top-1 {100 * summary['val_top1']:.2f} %",
+          flush=True)
+    return summary
 
 
 def paired_list(results: dict) -> list[dict]:
@@ -268,7 +297,22 @@ def paired_list(results: dict) -> list[dict]:
             for control in (arm + RANDOM_SUFFIX, "scratch", "scratch-equal"):
                 if control in top1 and len(top1[control]) == len(top1[arm]):
                     pairs.append(paired_entry(arm, control, top1[arm], top1[control], "test_top1", float(fraction)))
+                    for protocol in protocols_run(arms) if len(protocols_run(arms)) > 1 else ():
+                        pairs.append(paired_entry(arm, control, at_protocol(arms[arm], protocol),
+                                                  at_protocol(arms[control], protocol), f"test_top1 {protocol}",
+                                                  float(fraction)))
     return pairs
+
+
+def protocols_run(arms: dict) -> list[str]:
+    """The protocols every run of these arms tried (one, unless several were chosen between)."""
+    first = next(iter(arms.values()))[0]
+    return list(first.get("by_protocol", {first.get("protocol", "plain"): None}))
+
+
+def at_protocol(runs: list[dict], protocol: str, key: str = "top1") -> list[float]:
+    """Each seed's `key` had every arm run `protocol` (an observation beside the validation's choice)."""
+    return [r["by_protocol"][protocol][key] if "by_protocol" in r else r[key] for r in runs]
 
 
 def portable(value: object) -> str:
@@ -293,7 +337,11 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
     table = {fraction: {arm: {"runs": [r["top1"] for r in runs], "val_runs": [r.get("val_top1") for r in runs],
                               "mean": statistics.mean(r["top1"] for r in runs),
                               "std": statistics.stdev([r["top1"] for r in runs]) if len(runs) > 1 else 0.0,
-                              "epochs": runs[0]["epochs"], "seconds": statistics.mean(r["seconds"] for r in runs)}
+                              "epochs": runs[0]["epochs"], "seconds": statistics.mean(r["seconds"] for r in runs),
+                              "protocols": [r.get("protocol") for r in runs],
+                              "by_protocol": {p: {"test_mean": statistics.mean(at_protocol(runs, p)),
+                                                  "val_mean": statistics.mean(at_protocol(runs, p, "val_top1"))}
+                                              for p in protocols_run(arms)}}
                         for arm, runs in arms.items()} for fraction, arms in results["finetune"].items()}
     distill = {arm: {"val_linear_probe": [r["val_probe"]["linear_probe"] for r in runs],
                      "val_knn": [r["val_probe"]["knn"] for r in runs],
@@ -314,16 +362,29 @@ def report(results: dict, args: argparse.Namespace, command: str) -> None:
              f"distillations (and its own "
              "random teacher) and its own labelled subset (shared by the arms of that seed); 10 % of the training "
              "images held out for validation; test split only reported. All arms ran on one machine in this run. "
-             f"Fine-tuning protocol: {args.protocol}.", ""]
+             f"Fine-tuning protocol: {', '.join(args.protocol)}"
+             f"{' (per seed and arm, the one with the highest validation top-1)' if len(args.protocol) > 1 else ''}.",
+             ""]
     if table:
-        lines += ["| labels | arm | epochs | test top-1 mean ± std (%) | runs | val top-1 runs |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| labels | arm | epochs | test top-1 mean ± std (%) | runs | val top-1 runs | protocol |",
+                  "|---|---|---|---|---|---|---|"]
         for fraction, arms in table.items():
             for arm, r in arms.items():
                 val = ", ".join(pct(x) if x is not None else "-" for x in r["val_runs"])
                 lines.append(f"| {100 * float(fraction):g} % | {arm} | {r['epochs']} | {pct(r['mean'])} ± "
-                             f"{pct(r['std'])} | {', '.join(pct(x) for x in r['runs'])} | {val} |")
+                             f"{pct(r['std'])} | {', '.join(pct(x) for x in r['runs'])} | {val} | "
+                             f"{', '.join(map(str, r['protocols']))} |")
         lines.append("")
+        if len(args.protocol) > 1:
+            lines += ["Each protocol on its own (mean over seeds; validation chooses, test only reported):", "",
+                      "| labels | arm | " + " | ".join(f"{p} val / test (%)" for p in args.protocol) + " |",
+                      "|---|---|" + "---|" * len(args.protocol)]
+            for fraction, arms in table.items():
+                for arm, r in arms.items():
+                    cells = [f"{pct(r['by_protocol'][p]['val_mean'])} / {pct(r['by_protocol'][p]['test_mean'])}"
+                             for p in args.protocol]
+                    lines.append(f"| {100 * float(fraction):g} % | {arm} | " + " | ".join(cells) + " |")
+            lines.append("")
     lines += ["Frozen backbones before fine-tuning (scratch: the random initialisation; linear probe and 20-NN on "
               "pooled features, fitted on the training images, scored on the validation split), and where each "
               "policy ended (share of sampled t < 300 in the last distillation epoch):", "",

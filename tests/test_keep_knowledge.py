@@ -41,6 +41,8 @@ def finetune_cfg(init, **changes) -> FinetuneRun:
 
 
 def test_head_only_phase_leaves_every_backbone_weight_unchanged(distill_dirs, tmp_path):
+    """A probe kept to the end (head_epochs = every epoch): no backbone weight moves; the BatchNorm statistics
+    are the labelled images' own (recalibrated once), which training and evaluation then both use."""
     trained, _ = distill_dirs
     exported = load_tensors(trained / "student" / "diffusion_pytorch_model.safetensors")
     cfg = finetune_cfg(trained, head_epochs=1)
@@ -48,8 +50,10 @@ def test_head_only_phase_leaves_every_backbone_weight_unchanged(distill_dirs, tm
     run_finetune(cfg, tmp_path / "ft")
     tuned = load_tensors(tmp_path / "ft" / "model" / "diffusion_pytorch_model.safetensors")
     backbone = [k for k in exported if not k.startswith("fc.")]
-    assert any("running_mean" in k for k in backbone)  # BatchNorm statistics are checked too
-    assert all(torch.equal(tuned[k], exported[k]) for k in backbone)
+    weights = [k for k in backbone if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.equal(tuned[k], exported[k]) for k in weights)
+    statistics = [k for k in backbone if k.endswith("running_mean")]
+    assert statistics and not all(torch.equal(tuned[k], exported[k]) for k in statistics)
     assert not torch.equal(tuned["fc.weight"], build_classification(cfg, ImageDataModule(
         cfg.data, labelled_only=True)).model.state_dict()["fc.weight"])  # the head did train
 
@@ -217,3 +221,22 @@ def test_probe_head_predicts_as_the_logistic_regression_probe(distill_dirs):
     expected = LogisticRegression(C=0.1, max_iter=1000).fit((features - mean) / std, labels).predict(
         (features - mean) / std)
     assert np.mean(predicted == expected) > 0.98
+
+
+def test_recalibrated_statistics_are_the_exact_average_over_the_images():
+    """recalibrate_batchnorm: one pass gives each BatchNorm the mean and (unbiased) variance of its input over
+    the whole dataset, whatever it stored before; weights and momentum are left as they were."""
+    from repfusion.tasks.classification import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    images = torch.rand(40, 3, 8, 8)
+    dataset = torch.utils.data.TensorDataset(images, torch.zeros(40, dtype=torch.long))
+    conv, norm = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.3)
+    norm.running_mean.fill_(5.0)
+    model = torch.nn.Sequential(conv, norm).eval()
+    recalibrate_batchnorm(model, dataset, torch.nn.Identity(), torch.device("cpu"), batch_size=40)
+    with torch.no_grad():
+        inputs = conv(images).transpose(0, 1).flatten(1)
+    assert torch.allclose(norm.running_mean, inputs.mean(1), atol=1e-5)
+    assert torch.allclose(norm.running_var, inputs.var(1), atol=1e-5)
+    assert norm.momentum == 0.3 and not model.training

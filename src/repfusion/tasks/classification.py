@@ -80,20 +80,33 @@ class Classification(Stage):
         """True in LP-FT's first phase (the epochs in which only the head trains)."""
         return self.current_epoch < self.head_epochs
 
+    @property
+    def probe_only(self) -> bool:
+        """head_epochs covering every epoch: a linear probe kept to the end (the backbone never trains)."""
+        epochs = self.trainer.max_epochs if self._trainer is not None else None
+        return self.head_epochs > 0 and epochs is not None and self.head_epochs >= epochs
+
     def set_backbone_frozen(self, frozen: bool) -> None:
         """Frozen: no backbone parameter gets a gradient, other modules (dropout) are in eval mode, and BatchNorm
         normalises by the batch without updating its statistics (`track_running_stats` off while frozen), so
         nothing of the backbone changes; the optimiser keeps every parameter.
 
         Batch statistics rather than the stored ones: a random initialisation's stored statistics are the
-        identity, and its unnormalised features sent a head trained at lr 0.1 to NaN within an epoch."""
+        identity, and its unnormalised features sent a head trained at lr 0.1 to NaN within an epoch. A probe
+        kept to the end (`probe_only`) is the exception: there the statistics were recomputed on the training
+        images before the first step (`recalibrate_batchnorm`) and BatchNorm uses them in training as in
+        evaluation, since batch statistics in training and never-updated stored ones in evaluation put the head
+        on features it never saw (a probe at chance on the validation split)."""
+        whole_run = frozen and self.probe_only
         for name, parameter in self.model.named_parameters():
             if not name.startswith(HEAD_PREFIXES):
                 parameter.requires_grad_(not frozen)
         for name, module in self.model.named_modules():
             if not name or f"{name}.".startswith(HEAD_PREFIXES):
                 continue
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and whole_run:
+                module.eval()
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.track_running_stats = not frozen
             elif frozen:
                 module.eval()
@@ -101,8 +114,11 @@ class Classification(Stage):
     def on_train_start(self) -> None:
         """head_init probe: before the first step (not on a resume) the head is the linear probe of the frozen
         backbone, so fine-tuning starts from a fitted head (LP-FT's first phase as Kumar et al. fit it)."""
+        if self.probe_only and self.global_step == 0:
+            recalibrate_batchnorm(self.model, self.trainer.datamodule.train_set, self.normalize, self.device)
         if self.head_init == "probe" and self.global_step == 0:
-            fit_probe_head(self.model, self.trainer.datamodule.train_set, self.normalize, self.device)
+            fit_probe_head(self.model, self.trainer.datamodule.train_set, self.normalize, self.device,
+                           batch_statistics=not self.probe_only)
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
         if self.head_epochs > 0:  # per batch: Lightning restores the modules' modes after each validation
@@ -152,14 +168,44 @@ class Classification(Stage):
 
 
 @torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset: torch.utils.data.Dataset, normalize: nn.Module,
+                          device: torch.device, batch_size: int = 64) -> None:
+    """Recompute every BatchNorm's stored statistics as the exact average over `dataset` (one pass, no
+    gradient; "precise BN"), so a frozen backbone normalises its features the same way in training and in
+    evaluation. Its weights are untouched; only the statistics buffers change."""
+    from ..data.device_data import pool_images
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    was_training, momenta = model.training, [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+        m.train()
+    images = pool_images(dataset)
+    try:
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device)
+            model(normalize.to(device)(x.float() / 255 if x.dtype == torch.uint8 else x.float()))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+@torch.no_grad()
 def fit_probe_head(model: nn.Module, dataset: torch.utils.data.Dataset, normalize: nn.Module,
-                   device: torch.device, batch_size: int = 64, strength: float = 0.1, max_iter: int = 1000) -> None:
+                   device: torch.device, batch_size: int = 64, strength: float = 0.1, max_iter: int = 1000,
+                   batch_statistics: bool = True) -> None:
     """Set the classifier head `fc` to a multinomial logistic regression on the frozen backbone's pooled features
     of `dataset`, the standardisation folded into its weights and bias.
 
     The features are those training will feed the head: BatchNorm normalising by batches of `batch_size`
     (its stored statistics untouched), not eval mode, whose statistics differ (a head fitted in eval mode
-    classified 85 % of the training images there and 41 % in training mode). `strength` is the inverse L2
+    classified 85 % of the training images there and 41 % in training mode); with `batch_statistics` off
+    (a probe kept to the end, its statistics recalibrated on these images) the stored ones. `strength` is the inverse L2
     weight C, kept small so the head is not overconfident on a few hundred images.
     """
     import numpy as np
@@ -176,7 +222,7 @@ def fit_probe_head(model: nn.Module, dataset: torch.utils.data.Dataset, normaliz
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     tracking = [m.track_running_stats for m in norms]
     model.eval()
-    for m in norms:
+    for m in norms if batch_statistics else ():
         m.train()
         m.track_running_stats = False  # batch statistics, nothing stored
     images, labels = pool_images(dataset), pool_labels(dataset).numpy()

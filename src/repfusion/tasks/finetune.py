@@ -43,6 +43,8 @@ class FinetuneRun:
 
     head_epochs (classification): LP-FT, the first head_epochs of trainer.max_epochs fit only the new head
     with the backbone frozen; with optim.backbone_lr_scale < 1 the backbone then trains at a lower rate.
+    head_epochs >= trainer.max_epochs: a linear probe kept to the end, its BatchNorm statistics recomputed
+    once on the labelled images and used in training and evaluation alike (no backbone weight changes).
     head_init probe: LP-FT as Kumar et al. fit it, the head set to the frozen backbone's logistic-regression
     probe on the labelled images before the first step.
     teacher_in_loop (classification, init a distill run): the init's distillation term stays in the loss for
