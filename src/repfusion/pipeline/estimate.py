@@ -15,21 +15,25 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..analysis.controls import steps_per_epoch
+from ..io import atomic_write
 from ..students import build_student
 from ..teachers import DiffusionTeacher, model_pixels
 from .config import PretrainRun
 from .inspect import DataFacts
 
+LOOP_STEPS = 16  # steps an epoch in time_loop's per-step measurement
 SAMPLES, SAMPLE_STEPS = 16, 50  # the teacher stage's sample grid (pipeline.run.teacher_run)
-_LOOP_TIMES: dict[str, tuple[float, float]] = {}  # device type -> (run, epoch) overhead, measured once a process
+_LOOP_TIMES: dict[str, tuple[float, float, float]] = {}  # device -> (run, epoch, step) overhead, once a process
 
 
 def time_step(step: Callable[[], object], repeats: int = 2) -> float:
@@ -68,18 +72,18 @@ class StepTimes:
     finetune_batch: int
     run_overhead: float = 0.0  # seconds a training run costs beyond its steps and passes (Trainer, export, plots)
     epoch_overhead: float = 0.0  # seconds an epoch costs beyond its steps (hooks, checkpoint, metrics rows)
+    step_overhead: float = 0.0  # seconds the Trainer adds to each optimiser step (hooks, logging, the loader)
 
 
-def time_loop(device: torch.device) -> tuple[float, float]:
-    """(seconds a training run costs beyond its steps, seconds each epoch adds beyond its steps) on this machine:
-    a Trainer from `build_trainer` (checkpoints, metrics.csv, the project's callbacks) fitting a one-weight model
-    for two and then six one-step epochs, after an untimed one-epoch fit (the first pays for lazy imports).
-    Measured once per process and device (one to two seconds on a CPU)."""
+def time_loop(device: torch.device) -> tuple[float, float, float]:
+    """(seconds a training run costs beyond its steps, seconds each epoch adds beyond its steps, seconds the loop
+    adds to each step) on this machine: a Trainer from `build_trainer` (checkpoints, metrics.csv, the project's
+    callbacks) fitting a one-weight model for two and then six one-step epochs, and two epochs of `LOOP_STEPS`
+    steps, after an untimed one-epoch fit (the first pays for lazy imports). A fine-tuning on a few hundred
+    labels takes thousands of small steps, where the loop's own cost a step is a third of the stage's time.
+    Measured once per process and device (two to three seconds on a CPU)."""
     if device.type in _LOOP_TIMES:
         return _LOOP_TIMES[device.type]
-    import tempfile
-    from pathlib import Path
-
     import lightning.pytorch as pl
 
     from ..analysis.plots import plt
@@ -98,22 +102,23 @@ def time_loop(device: torch.device) -> tuple[float, float]:
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(1)), batch_size=1)
     seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for epochs in (1, 2, 6):
+        for epochs, steps in ((1, 1), (2, 1), (6, 1), (2, LOOP_STEPS)):
+            loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(steps)), batch_size=1)
             cfg = TrainerConfig(max_epochs=epochs, progress=False, logger="csv", ema_decay=None, seed=0,
                                 accelerator="gpu" if device.type == "cuda" else "cpu", devices=1)
             began = time.perf_counter()
-            trainer = build_trainer(cfg, Path(tmp) / str(epochs))
+            trainer = build_trainer(cfg, Path(tmp) / f"{epochs}-{steps}")
             trainer.fit(_One(), train_dataloaders=loader)
             figure, axes = plt.subplots(figsize=(3, 2))  # every run draws its curves
             axes.plot([0, 1], [1, 0])
-            figure.savefig(Path(tmp) / f"{epochs}.png", dpi=110)
+            figure.savefig(Path(tmp) / f"{epochs}-{steps}.png", dpi=110)
             plt.close(figure)
-            seconds[epochs] = time.perf_counter() - began
-    epoch = max(0.0, (seconds[6] - seconds[2]) / 4)
-    _LOOP_TIMES[device.type] = (max(0.0, seconds[2] - 2 * epoch), epoch)
+            seconds[epochs, steps] = time.perf_counter() - began
+    epoch = max(0.0, (seconds[6, 1] - seconds[2, 1]) / 4)
+    step = max(0.0, (seconds[2, LOOP_STEPS] - seconds[2, 1]) / (2 * (LOOP_STEPS - 1)))
+    _LOOP_TIMES[device.type] = (max(0.0, seconds[2, 1] - 2 * epoch), epoch, step)
     return _LOOP_TIMES[device.type]
 
 
@@ -163,18 +168,21 @@ def time_models(teacher: DiffusionTeacher, arch: str, width: float, image_size: 
 
     student_fwd = time_step(student_forward)
 
-    def checkpoint() -> None:  # each epoch's last.ckpt: weights, their average (EMA) and the optimiser's state
-        import io
+    def checkpoint() -> None:  # each epoch's last.ckpt (weights, their average, the optimiser's state), to disk
+        import io                 # as the run writes it (an atomic, synced write)
 
+        buffer = io.BytesIO()
         torch.save({"weights": student.state_dict(), "ema": student.state_dict(), "optim": optimiser.state_dict()},
-                   io.BytesIO())
+                   buffer)
+        atomic_write(Path(scratch) / "last.ckpt", lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
 
-    save = time_step(checkpoint, repeats=1)
+    with tempfile.TemporaryDirectory() as scratch:
+        save = time_step(checkpoint, repeats=1)
     teacher.to("cpu")
-    run_overhead, epoch_overhead = time_loop(device)
+    run_overhead, epoch_overhead, step_overhead = time_loop(device)
     epoch_overhead += save
     return StepTimes(teacher_train, forward, student_train * batch / max(1, len(small)), student_fwd, batch,
-                     len(small), run_overhead, epoch_overhead)
+                     len(small), run_overhead, epoch_overhead, step_overhead)
 
 
 def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_teacher: bool, labelled: bool,
@@ -190,13 +198,13 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
                                                      times.teacher_forward / batch)  # seconds an image
     seeds = cfg.seeds if labelled else 1
     distills = 2 * seeds if labelled else 1
-    run, epoch_cost = times.run_overhead, times.epoch_overhead
-    teacher_epoch = steps_per_epoch(n, batch) * times.teacher_train + epoch_cost if train_teacher else 0.0
+    run, epoch_cost, loop = times.run_overhead, times.epoch_overhead, times.step_overhead
+    teacher_epoch = steps_per_epoch(n, batch) * (times.teacher_train + loop) + epoch_cost if train_teacher else 0.0
     samples = SAMPLE_STEPS * SAMPLES * teacher_look  # the teacher's sample grid at its end
     distill_steps = steps_per_epoch(round(n * (1 - val)), batch)
     cached = cfg.distill.cache_views > 0 and "noised" not in cfg.choice.modes  # the teacher runs once per view
-    distill_epoch = distills * (distill_steps * ((0.0 if cached else times.teacher_forward) + times.student_train)
-                                + epoch_cost + val_images * (teacher_look + student_look))
+    distill_epoch = distills * (distill_steps * ((0.0 if cached else times.teacher_forward) + times.student_train
+                                                 + loop) + epoch_cost + val_images * (teacher_look + student_look))
     fill = cfg.distill.cache_views * round(n * (1 - val)) * teacher_look if cached else 0.0
     passes = len(cfg.choice.timesteps) * len(cfg.choice.modes) * (2 if labelled else 1)
     choice = passes * math.ceil(min(n, cfg.choice.max_images) / batch) * times.teacher_forward
@@ -209,15 +217,19 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
         plan["probe the frozen backbones"] = 3 * seeds * math.ceil(probe_images / batch) * times.student_forward
         ft_batch = cfg.finetune.batch_size or times.finetune_batch
         ft_steps = steps_per_epoch(labelled_images, ft_batch)
-        step = per_image_student * ft_batch
-        in_loop = 2 * (times.teacher_forward * ft_batch / batch + step) if cfg.finetune.teacher_in_loop else 0.0
+        student_step = per_image_student * ft_batch
+        step = student_step + loop
+        in_loop = (2 * (times.teacher_forward * ft_batch / batch + student_step) if cfg.finetune.teacher_in_loop
+                   else 0.0)
         # per seed: scratch, RepFusion, random-teacher student (the two distilled with the teacher in the loop if
         # asked), and equal-compute scratch, which adds the distillation's steps to its own as extra epochs
         per_ft_epoch = seeds * (ft_steps * (4 * step + in_loop) + 4 * epoch_cost)
         extra_epochs = distill_steps * cfg.distill.epochs / ft_steps
         equal_extra = seeds * extra_epochs * (ft_steps * step + epoch_cost)
         epochs = cfg.finetune.epochs + cfg.finetune.head_epochs
-        val_passes = epochs // max(1, cfg.finetune.epochs // 4) + 1  # finetune_config's validation interval
+        # finetune_config's validation interval, then three more: the average and the raw weights compared
+        # (ema.keep_better) and the kept ones scored
+        val_passes = epochs // max(1, cfg.finetune.epochs // 4) + 1 + 3
         per_run = run + (val_passes * val_images + facts.test_images) * student_look
         per_epoch["finetune.epochs"] = per_ft_epoch
         per_epoch["distill.epochs"] += equal_extra / max(1, cfg.distill.epochs)
