@@ -7,7 +7,7 @@ embedded generated ones (`data.faces`: part masks and 98 landmarks on every imag
 feeds the teacher and the distillation without its targets, and fine-tuning sees only `labelled` of them
 (a seeded random subset per seed, shared by every arm) with their targets, the regime where pre-training pays.
 Each seed distils from the trained teacher and from a random-weight one of the same architecture, and the
-arms of `demo_arms` (scratch, equal-compute scratch, RepFusion, random teacher) are compared seed-paired.
+arms of `repfusion.arms` (scratch, equal-compute scratch, RepFusion, random teacher) are compared seed-paired.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .analysis.plots import plot_arms
 from .data import DataConfig
 from .pipeline.report import results_table
 from .pipeline.run import check_out
-from .demo_arms import compare_arms, cost_section, distill_arms, finetune_arms, run_once, verdict
+from .arms import compare_arms, cost_section, distill_arms, finetune_arms, run_once, verdict
 from .distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from .distill.timesteps import TimestepConfig
 from .errors import RepFusionError

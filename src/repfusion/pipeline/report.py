@@ -8,7 +8,7 @@ from typing import Any
 
 from ..analysis.plots import plot_arms
 from ..analysis.student_probe import knn_shown, knn_words
-from ..demo_arms import cost_section, pairs_lines
+from ..arms import cost_section, pairs_lines
 from ..io import write_text
 
 

@@ -4,7 +4,7 @@ whether pre-training paid off against scratch, equal-compute scratch and a rando
 Stages (each skipped on --resume once finished; an interrupted one continues from its checkpoint):
 teacher (read, or trained on the folder without labels) -> layer / t choice -> distillation per seed from
 the trained teacher and, with labels, from a random-weight one -> exported backbone (RUN/student) ->
-with labels: frozen probes on the validation split and fine-tuning of the four arms (`demo_arms`) on a
+with labels: frozen probes on the validation split and fine-tuning of the four arms (`repfusion.arms`) on a
 stratified label fraction drawn per seed -> report (Markdown, plots, JSON).
 """
 
@@ -23,7 +23,7 @@ import torch
 from ..analysis.controls import labelled_images, paired_entry
 from ..analysis.student_probe import probe_student
 from ..data import DataConfig, ImageDataModule
-from ..demo_arms import ARMS, TEACHERS, compare_arms, distill_arms, distill_dir, finetune_arms, run_once, verdict
+from ..arms import ARMS, TEACHERS, compare_arms, distill_arms, distill_dir, finetune_arms, run_once, verdict
 from ..distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from ..distill.timesteps import TimestepConfig
 from ..errors import RepFusionError
@@ -50,7 +50,7 @@ MIN_PROBE_LABELS = 200  # below this the trained - random probe gap is mostly sa
 
 
 class Plan:
-    """What `demo_arms` reads off a config: the seeds and whether finished runs are reused."""
+    """What `repfusion.arms` reads off a config: the seeds and whether finished runs are reused."""
 
     def __init__(self, seeds: int, resume: bool) -> None:
         self.seeds, self.resume = seeds, resume
