@@ -22,7 +22,7 @@ import yaml
 
 from repfusion.analysis.controls import format_entry, paired_entry
 from repfusion.data import DataConfig
-from repfusion.demo_arms import distill_dir
+from repfusion.arms import distill_dir
 from repfusion.pipeline import PretrainRun
 from repfusion.pipeline.inspect import inspect_data
 from repfusion.pipeline.run import finetune_config

@@ -100,7 +100,7 @@ def test_a_scratch_baseline_without_a_width_says_so(tmp_path, capsys):
 
 
 def test_the_verdict_reads_the_intervals():
-    from repfusion.demo_arms import verdict
+    from repfusion.arms import verdict
 
     def pair(b, low, high):
         return {"a": "repfusion", "b": b, "low": low, "high": high, "mean": (low + high) / 2}

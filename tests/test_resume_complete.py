@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from repfusion.cli import main
-from repfusion.demo_arms import distill_dir, run_once
+from repfusion.arms import distill_dir, run_once
 from repfusion.pipeline.progress import TIMINGS_FILE, StageProgress
 from test_pretrain import write_digits
 
@@ -34,7 +34,7 @@ class Killed(Exception):
 
 
 class Plan:
-    resume = True  # what `demo_arms.run_once` reads: the pipeline's own skip-or-resume of a stage
+    resume = True  # what `repfusion.arms.run_once` reads: the pipeline's own skip-or-resume of a stage
 
 
 def killed_in(monkeypatch, target: str) -> None:
@@ -44,7 +44,7 @@ def killed_in(monkeypatch, target: str) -> None:
 
 
 # stage: its command, the plot function a kill falls in, the file that marks it finished for a resumed
-# pipeline (what `demo_arms.run_once` and `pipeline.run` skip on), and every plot it draws
+# pipeline (what `repfusion.arms.run_once` and `pipeline.run` skip on), and every plot it draws
 STAGES = {
     "teacher": (TEACHER, "repfusion.teachers.train.sample_grid", "teacher/config.json", ["samples.png"]),
     "distill": (DISTILL, "repfusion.distill.run.plot_curves", "student/config.json", ["curves.png", "timesteps.png"]),

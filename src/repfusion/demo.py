@@ -5,7 +5,7 @@ distillation, and only a small stratified share of them (`label_fraction`) carri
 fine-tuning. Stages: teacher DDPM -> per seed, a label-free distillation from it and one from a
 random-weight teacher of the same architecture -> frozen-backbone probes on the validation split ->
 fine-tuning of scratch, equal-compute scratch, RepFusion and the random-teacher student on the same
-labelled subset per seed (`demo_arms`) -> paired differences with 95 % intervals, a report and plots.
+labelled subset per seed (`repfusion.arms`) -> paired differences with 95 % intervals, a report and plots.
 """
 
 from __future__ import annotations

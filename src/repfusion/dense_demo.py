@@ -7,13 +7,12 @@ embedded generated ones (`data.faces`: part masks and 98 landmarks on every imag
 feeds the teacher and the distillation without its targets, and fine-tuning sees only `labelled` of them
 (a seeded random subset per seed, shared by every arm) with their targets, the regime where pre-training pays.
 Each seed distils from the trained teacher and from a random-weight one of the same architecture, and the
-arms of `demo_arms` (scratch, equal-compute scratch, RepFusion, random teacher) are compared seed-paired.
+arms of `repfusion.arms` (scratch, equal-compute scratch, RepFusion, random teacher) are compared seed-paired:
+the one experiment runner (`experiment.run_arms`) over the task, with this module's configs, data and budgets.
 """
 
 from __future__ import annotations
 
-import json
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,9 +21,9 @@ from typing import Any
 
 from .analysis.plots import plot_arms
 from .data import DataConfig
-from .pipeline.report import results_table
+from .arms import cost_section, run_once
+from .experiment import Comparison, Experiment, peak_rss_mb, run_arms
 from .pipeline.run import check_out
-from .demo_arms import compare_arms, cost_section, distill_arms, finetune_arms, run_once, verdict
 from .distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from .distill.timesteps import TimestepConfig
 from .errors import RepFusionError
@@ -33,19 +32,7 @@ from .tasks.finetune import FinetuneRun, ModelSection
 from .teachers.train import TeacherRun, train_teacher
 from .training import OptimConfig, TrainerConfig
 
-@dataclass(frozen=True)
-class DenseMetric:
-    key: str          # results.json key
-    name: str
-    unit_scale: float  # shown as value x scale
-    unit: str
-    higher_is_better: bool
-
-
-METRICS = {
-    "segmentation": DenseMetric("test/miou", "mIoU", 100.0, "%", True),
-    "landmarks": DenseMetric("test/nme", "NME", 100.0, "%", False),
-}
+DENSE_TASKS = ("segmentation", "landmarks")  # of the task registry; classification's demo is `demo.run_demo`
 
 
 @dataclass
@@ -100,7 +87,7 @@ def dense_settings(cfg: DenseDemoConfig) -> dict[str, Any]:
 
 
 def check_dense_demo(cfg: DenseDemoConfig) -> None:
-    if cfg.task not in METRICS:
+    if cfg.task not in DENSE_TASKS:
         raise RepFusionError(f"--task must be classification, segmentation or landmarks, not '{cfg.task}'.")
     if cfg.seeds < 2:
         raise RepFusionError(f"--seeds must be at least 2 for a confidence interval, not {cfg.seeds}.")
@@ -146,7 +133,7 @@ def finetune_config(cfg: DenseDemoConfig, init: Path | None, seed: int) -> Finet
 def run_dense_demo(cfg: DenseDemoConfig, on_start: Callable[[], None] | None = None) -> dict:
     """on_start: called once every check has passed, before the first write (the CLI saves config.yaml)."""
     check_dense_demo(cfg)
-    out, metric = cfg.folder, METRICS[cfg.task]
+    out = cfg.folder
     if on_start is not None:
         on_start()
     write_json(out / "demo_config.json", dense_settings(cfg))
@@ -158,44 +145,33 @@ def run_dense_demo(cfg: DenseDemoConfig, on_start: Callable[[], None] | None = N
     run_stage("1/4 train the teacher DDPM on every training face (no targets)", cfg,
               lambda: run_once(teacher_dir / "config.json", lambda r: train_teacher(teacher_run, out / "teacher", r),
                                out / "teacher", cfg))
-    def distill_all() -> None:
-        distill_arms(cfg, out, lambda init, seed: distill_config(cfg, teacher_dir, init, seed))
-
-    run_stage(f"2/4 dense distillation at t = 0 into the backbone, per seed from the trained and a random-weight "
-              f"teacher (no targets, {2 * cfg.seeds} runs)", cfg, distill_all)
-    arms: dict[str, list[float]] = {}
-
-    def finetune_all() -> None:
-        arms.update(finetune_arms(
-            cfg, out, lambda init, seed: finetune_config(cfg, init, seed),
-            lambda run_dir: float(json.loads((run_dir / "results.json").read_text())[metric.key]),
-            lambda value: f"test {metric.name} {metric.unit_scale * value:.2f} {metric.unit}"))
-
-    run_stage(f"3/4 fine-tune {cfg.task} on {cfg.labelled} labelled faces, 4 arms, {cfg.seeds} seeds", cfg,
-              finetune_all)
-    summary, pairs = compare_arms(arms, metric.key.split("/")[-1], metric.higher_is_better)
+    experiment = Experiment(cfg.task, out, cfg.seeds, cfg.resume,
+                            distill=lambda init, seed: distill_config(cfg, teacher_dir, init, seed),
+                            finetune=lambda init, seed: finetune_config(cfg, init, seed))
+    compared = run_arms(
+        experiment, lambda name, fn: run_stage(name, cfg, fn),
+        f"2/4 dense distillation at t = 0 into the backbone, per seed from the trained and a random-weight "
+        f"teacher (no targets, {2 * cfg.seeds} runs)",
+        f"3/4 fine-tune {cfg.task} on {cfg.labelled} labelled faces, 4 arms, {cfg.seeds} seeds")
+    assert compared is not None  # every demo image is labelled: the arms are always compared
+    metric = compared.metric
     wall = time.time() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     result = {"task": cfg.task, "metric": metric.key, "higher_is_better": metric.higher_is_better,
-              "summary": summary, "paired": pairs, "verdict": verdict(pairs), "timings_s": cfg.timings,
-              "wall_s": wall, "peak_rss_mb": peak_mb, "config": {"out": str(out), **dense_settings(cfg)}}
-    run_stage("4/4 write the report", cfg, lambda: write_dense_report(out, result, metric))
+              "summary": compared.summary, "paired": compared.pairs, "verdict": compared.verdict,
+              "timings_s": cfg.timings, "wall_s": wall, "peak_rss_mb": peak_mb,
+              "config": {"out": str(out), **dense_settings(cfg)}}
+    run_stage("4/4 write the report", cfg, lambda: write_dense_report(out, result, compared))
     write_json(out / "results.json", result)
-    print("\n" + dense_table(summary, pairs, metric) + "\n\n" + result["verdict"])
+    print("\n" + compared.table() + "\n\n" + compared.verdict)
     print("\nstage times: " + ", ".join(f"{k.split(' ')[0]} {v:.0f} s" for k, v in cfg.timings.items()))
     print(f"wall time {wall:.0f} s, peak memory {peak_mb:.0f} MB; report: {out / 'report.md'}")
     return result
 
 
-def dense_table(summary: dict, pairs: list[dict], metric: DenseMetric) -> str:
-    better = "higher" if metric.higher_is_better else "lower"
-    return results_table(summary, pairs, metric.unit_scale, metric.unit,
-                         f"test {metric.name} ({better} is better; mean ± std)")
-
-
-def write_dense_report(out: Path, result: dict, metric: DenseMetric) -> None:
-    summary, cfg = result["summary"], result["config"]
-    plot_arms({arm: [metric.unit_scale * r for r in s["runs"]] for arm, s in summary.items()}, out / "metric.png",
+def write_dense_report(out: Path, result: dict, compared: Comparison) -> None:
+    summary, cfg, metric = result["summary"], result["config"], compared.metric
+    plot_arms({arm: [metric.scale * r for r in s["runs"]] for arm, s in summary.items()}, out / "metric.png",
               f"generated faces, {cfg['labelled']} labelled: RepFusion and its controls",
               ylabel=f"test {metric.name} ({metric.unit})")
     what = ("face parsing (BiSeNetV1, 19 classes in the CelebAMask-HQ order)" if cfg["task"] == "segmentation"
@@ -213,7 +189,7 @@ Backbone {cfg['arch']} at width {cfg['width']}; {cfg['seeds']} seeds per arm, th
 
 ## Result
 
-{dense_table(summary, result['paired'], metric)}
+{compared.table()}
 
 {result['verdict']} Differences are in points; for NME (lower is better) each is control - RepFusion, so a
 positive value is a gain.

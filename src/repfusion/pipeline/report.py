@@ -8,17 +8,8 @@ from typing import Any
 
 from ..analysis.plots import plot_arms
 from ..analysis.student_probe import knn_shown, knn_words
-from ..demo_arms import cost_section, pairs_lines
+from ..arms import cost_section, results_table
 from ..io import write_text
-
-
-def results_table(summary: dict, pairs: list[dict], scale: float = 100.0, unit: str = "%",
-                  heading: str = "test top-1 (mean ± std)") -> str:
-    lines = [f"| arm | {heading} | runs |", "|---|---|---|"]
-    for arm, s in summary.items():
-        runs = ", ".join(f"{scale * r:.2f}" for r in s["runs"])
-        lines.append(f"| {arm} | {scale * s['mean']:.2f} ± {scale * s['std']:.2f} {unit} | {runs} |")
-    return "\n".join(lines + pairs_lines(pairs))
 
 
 def probe_table(probe: dict[str, list[dict[str, Any]]]) -> str:

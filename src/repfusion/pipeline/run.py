@@ -4,14 +4,15 @@ whether pre-training paid off against scratch, equal-compute scratch and a rando
 Stages (each skipped on --resume once finished; an interrupted one continues from its checkpoint):
 teacher (read, or trained on the folder without labels) -> layer / t choice -> distillation per seed from
 the trained teacher and, with labels, from a random-weight one -> exported backbone (RUN/student) ->
-with labels: frozen probes on the validation split and fine-tuning of the four arms (`demo_arms`) on a
-stratified label fraction drawn per seed -> report (Markdown, plots, JSON).
+with labels: frozen probes on the validation split and fine-tuning of the four arms (`repfusion.arms`) on a
+stratified label fraction drawn per seed -> report (Markdown, plots, JSON). The distillations, fine-tunes and
+their comparison are the one experiment runner (`experiment.run_arms`) over `classification`, with this
+module's configs.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -23,10 +24,11 @@ import torch
 from ..analysis.controls import labelled_images, paired_entry
 from ..analysis.student_probe import probe_student
 from ..data import DataConfig, ImageDataModule
-from ..demo_arms import ARMS, TEACHERS, compare_arms, distill_arms, distill_dir, finetune_arms, run_once, verdict
+from ..arms import ARMS, TEACHERS, distill_dir, run_once
 from ..distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from ..distill.timesteps import TimestepConfig
 from ..errors import RepFusionError
+from ..experiment import Experiment, Plan, peak_rss_mb, run_arms
 from ..io import replace_dir, staging_dir, write_json
 from ..section import whole_number
 from ..students import check_student
@@ -42,18 +44,11 @@ from .config import PretrainRun
 from .estimate import SAMPLE_STEPS, SAMPLES, stage_seconds, time_models
 from .inspect import DataFacts, inspect_data, unlabeled_view
 from .progress import TIMINGS_FILE, StageProgress, clock
-from .report import card_metrics, results_table, write_report
+from .report import card_metrics, write_report
 
 SETTINGS_FILE = "pretrain.json"
 BUDGET_FILE = "budget.json"  # what the budget filled in, so a resume keeps it
 MIN_PROBE_LABELS = 200  # below this the trained - random probe gap is mostly sampling noise
-
-
-class Plan:
-    """What `demo_arms` reads off a config: the seeds and whether finished runs are reused."""
-
-    def __init__(self, seeds: int, resume: bool) -> None:
-        self.seeds, self.resume = seeds, resume
 
 
 def check_pretrain(cfg: PretrainRun) -> None:
@@ -170,10 +165,6 @@ def probe_backbones(data: DataConfig, arch: str, width: float, seeds: int, out: 
     return {"runs": found, "paired": pairs}
 
 
-def read_top1(run_dir: Path) -> float:
-    return float(json.loads((run_dir / "results.json").read_text())["test/top1"])
-
-
 def default_arch(size: int) -> str:
     return "resnet18_cifar" if size <= 64 else "resnet18"
 
@@ -273,33 +264,33 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     choice = progress.run("choose the teacher layer and t", choose_now, skipped=read_choice(out) is not None)
     print(f"   chosen: {choice.layer}, {choice.mode} input, t = {choice.t} ({choice.reason})")
 
-    def distill_all() -> None:  # without labels nothing compares the controls: one trained-teacher run
-        distill_arms(plan if labelled else Plan(1, resume), out,
-                     lambda init, seed: distill_config(cfg, data, source, arch, choice, init, seed, native),
-                     TEACHERS if labelled else {"repfusion": TEACHERS["repfusion"]})
+    experiment = Experiment(
+        "classification", out, cfg.seeds, resume, compare=labelled, fraction=data.label_fraction,
+        distill=lambda init, seed: distill_config(cfg, data, source, arch, choice, init, seed, native),
+        finetune=lambda init, seed: finetune_config(cfg, data, arch, init, seed))
+    probe: dict[str, Any] = {}
 
-    progress.run("distil", distill_all)
-    progress.run("export the backbone", lambda: export_backbone(out))
+    def on_the_backbones() -> None:  # between the distillations and the fine-tunes
+        progress.run("export the backbone", lambda: export_backbone(out))
+        if labelled:
+            probe.update(progress.run("probe the frozen backbones", lambda: probe_backbones(
+                data, arch, cfg.student.width, cfg.seeds, out)))
+
+    compared = run_arms(experiment, progress.run, "distil", "fine-tune the arms", on_the_backbones)
     result: dict[str, Any] = {"data": {**asdict(data), "facts": asdict(facts)}, "choice": asdict(choice),
                               "teacher": source, "student": {"arch": arch, "width": cfg.student.width}}
-    if labelled:
-        probe = progress.run("probe the frozen backbones", lambda: probe_backbones(data, arch, cfg.student.width,
-                                                                                    cfg.seeds, out))
-        arms: dict[str, list[float]] = {}
-        progress.run("fine-tune the arms", lambda: arms.update(finetune_arms(
-            plan, out, lambda init, seed: finetune_config(cfg, data, arch, init, seed), read_top1,
-            lambda top1: f"test top-1 {100 * top1:.2f} %")))
-        summary, pairs = compare_arms(arms, "test_top1", fraction=data.label_fraction)
-        result.update(summary=summary, paired=pairs + probe["paired"], probe=probe["runs"], verdict=verdict(pairs))
+    if compared is not None:
+        result.update(summary=compared.summary, paired=compared.pairs + probe["paired"], probe=probe["runs"],
+                      verdict=compared.verdict)
     result.update(budget=budget_record(budget), estimate_s=estimate_s, timings_s=progress.timings,
                   wall_s=progress.wall_s(), invocations=progress.invocations(), config=settings(cfg),
-                  peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                  peak_rss_mb=peak_rss_mb())
     progress.run("report", lambda: write_report(out, result, cfg))
     result.update(wall_s=progress.wall_s(), invocations=progress.invocations())  # the report's seconds too
     write_json(out / "results.json", result)
     card_to(out / "student", result)
-    if labelled:
-        print("\n" + results_table(result["summary"], result["paired"]) + "\n\n" + result["verdict"])
+    if compared is not None:
+        print("\n" + compared.table(probe["paired"]) + "\n\n" + compared.verdict)
     print("\nstage times: " + ", ".join(f"{name} {clock(s)}" for name, s in progress.timings.items()))
     print(f"wall time {clock(result['wall_s'])}, peak memory {result['peak_rss_mb']:.0f} MB; backbone: "
           f"{out / 'student'}; report: {out / 'report.md'}")

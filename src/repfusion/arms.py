@@ -92,6 +92,17 @@ def compare_arms(arms: dict[str, list[float]], metric: str, higher_is_better: bo
     return summary, pairs
 
 
+def results_table(summary: dict, pairs: list[dict], scale: float = 100.0, unit: str = "%",
+                  heading: str = "test top-1 (mean ± std)") -> str:
+    """Every arm (mean ± std and its runs, shown as value x `scale` `unit`) and the paired rows, as the reports
+    and the printed result show them."""
+    lines = [f"| arm | {heading} | runs |", "|---|---|---|"]
+    for arm, s in summary.items():
+        runs = ", ".join(f"{scale * r:.2f}" for r in s["runs"])
+        lines.append(f"| {arm} | {scale * s['mean']:.2f} ± {scale * s['std']:.2f} {unit} | {runs} |")
+    return "\n".join(lines + pairs_lines(pairs))
+
+
 def pairs_lines(pairs: list[dict]) -> list[str]:
     from .analysis.controls import format_entry
 
