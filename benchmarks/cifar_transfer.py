@@ -291,13 +291,14 @@ def paired_list(results: dict) -> list[dict]:
                 pairs.append(paired_entry(arm, control, probes[arm], probes[control], "val_probe"))
     for fraction, arms in results["finetune"].items():
         top1 = {arm: [r["top1"] for r in runs] for arm, runs in arms.items()}
+        protocols = protocols_run(arms)
         for arm in top1:
             if arm.startswith("scratch") or arm.endswith(RANDOM_SUFFIX):
                 continue
             for control in (arm + RANDOM_SUFFIX, "scratch", "scratch-equal"):
                 if control in top1 and len(top1[control]) == len(top1[arm]):
                     pairs.append(paired_entry(arm, control, top1[arm], top1[control], "test_top1", float(fraction)))
-                    for protocol in protocols_run(arms) if len(protocols_run(arms)) > 1 else ():
+                    for protocol in protocols if len(protocols) > 1 else ():
                         pairs.append(paired_entry(arm, control, at_protocol(arms[arm], protocol),
                                                   at_protocol(arms[control], protocol), f"test_top1 {protocol}",
                                                   float(fraction)))

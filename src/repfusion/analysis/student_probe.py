@@ -19,7 +19,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.augment import Normalize
+from ..data.augment import Normalize, unit_pixels
 from ..errors import RepFusionError
 from ..features import layer_output, pooled, resolve_modules
 from ..run_folder import DEFAULT_MEAN_STD, run_normalization, student_export
@@ -52,7 +52,7 @@ def student_features(model: nn.Module, dataset: Dataset, layer: str, normalize: 
     normalize = normalize.to(device)
     feats, labels = [], []
     for images, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        x = images.to(device).float() / 255 if images.dtype == torch.uint8 else images.to(device).float()
+        x = unit_pixels(images.to(device))
         feats.append(pooled(layer_output(model, layer, normalize(x))).float().cpu().numpy())
         labels.append(np.asarray(y))
     return np.concatenate(feats), np.concatenate(labels)

@@ -9,6 +9,11 @@ import torch
 from torch import nn
 
 
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Images as float in [0, 1]: uint8 batches (how every dataset stores them) divided by 255, float ones kept."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+
 @dataclass(frozen=True)
 class Augment:
     """What a stage's training augmentation does (`BatchAugment` builds it): a random crop back to
@@ -32,7 +37,7 @@ class BatchAugment(nn.Module):
         self.augment = K.AugmentationSequential(*ops) if ops else nn.Identity()
 
     def forward(self, images: torch.Tensor, train: bool) -> torch.Tensor:
-        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        x = unit_pixels(images)
         return self.augment(x) if train else x
 
 

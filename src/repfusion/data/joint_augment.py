@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import RepFusionError
+from .augment import unit_pixels
 from .face_layout import IGNORE_INDEX, PARSING_FLIP_SWAPS, WFLW_FLIP_PAIRS, flip_permutation
 
 
@@ -68,7 +69,7 @@ class JointAugment(nn.Module):
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise RepFusionError(f"JointAugment expects {self.image_size}x{self.image_size} images but got "
                                  f"{tuple(images.shape[-2:])}; set data.image_size to the task's image size.")
-        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        x = unit_pixels(images)
         out = dict(targets)
         mask = targets.get("mask")
         points = targets.get("keypoints")

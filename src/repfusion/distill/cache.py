@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..data.augment import unit_pixels
+
 
 class StoredViews:
     """`views` fixed augmentations per image: a crop offset (dy, dx) into the zero-padded image and a flip.
@@ -91,8 +93,7 @@ class CachedTargets:
     def view_images(self, index: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
         """Float [0, 1] images of the stored views."""
         images = self.images[index.to(self.images.device)]
-        images = images.float().div(255) if images.dtype == torch.uint8 else images.float()
-        return self.views.apply(images, index, view)
+        return self.views.apply(unit_pixels(images), index, view)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from ..analysis.controls import steps_per_epoch
-from ..io import atomic_write
 from ..students import build_student
 from ..teachers import DiffusionTeacher, model_pixels
 from .config import PretrainRun
@@ -79,9 +78,10 @@ def time_loop(device: torch.device) -> tuple[float, float, float]:
     """(seconds a training run costs beyond its steps, seconds each epoch adds beyond its steps, seconds the loop
     adds to each step) on this machine: a Trainer from `build_trainer` (checkpoints, metrics.csv, the project's
     callbacks) fitting a one-weight model for two and then six one-step epochs, and two epochs of `LOOP_STEPS`
-    steps, after an untimed one-epoch fit (the first pays for lazy imports). A fine-tuning on a few hundred
-    labels takes thousands of small steps, where the loop's own cost a step is a third of the stage's time.
-    Measured once per process and device (two to three seconds on a CPU)."""
+    steps, after an untimed one-epoch fit (the first pays for lazy imports). Measured once per process and
+    device. On the digits folder of benchmarks/estimate_check.py the per-step cost added 5 s to a 29 s
+    fine-tuning estimate that measured 77 to 79 s: most of that gap (image reading, augmentation, callbacks such as
+    the EMA) is not in this one-weight loop."""
     if device.type in _LOOP_TIMES:
         return _LOOP_TIMES[device.type]
     import lightning.pytorch as pl
@@ -168,13 +168,12 @@ def time_models(teacher: DiffusionTeacher, arch: str, width: float, image_size: 
 
     student_fwd = time_step(student_forward)
 
-    def checkpoint() -> None:  # each epoch's last.ckpt (weights, their average, the optimiser's state), to disk
-        import io                 # as the run writes it (an atomic, synced write)
+    from ..run.checkpoint import AtomicCheckpointIO
 
-        buffer = io.BytesIO()
-        torch.save({"weights": student.state_dict(), "ema": student.state_dict(), "optim": optimiser.state_dict()},
-                   buffer)
-        atomic_write(Path(scratch) / "last.ckpt", lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    def checkpoint() -> None:  # each epoch's last.ckpt (weights, their average, the optimiser's state), written
+        AtomicCheckpointIO().save_checkpoint(  # to disk by the run's own checkpoint writer
+            {"weights": student.state_dict(), "ema": student.state_dict(), "optim": optimiser.state_dict()},
+            Path(scratch) / "last.ckpt")
 
     with tempfile.TemporaryDirectory() as scratch:
         save = time_step(checkpoint, repeats=1)

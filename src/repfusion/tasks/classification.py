@@ -12,7 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data import ImageDataModule
-from ..data.augment import Normalize
+from ..data.augment import Normalize, unit_pixels
 from ..stage import Stage
 from ..errors import RepFusionError
 from ..students import build_student, check_given_student
@@ -173,8 +173,6 @@ def recalibrate_batchnorm(model: nn.Module, dataset: torch.utils.data.Dataset, n
     """Recompute every BatchNorm's stored statistics as the exact average over `dataset` (one pass, no
     gradient; "precise BN"), so a frozen backbone normalises its features the same way in training and in
     evaluation. Its weights are untouched; only the statistics buffers change."""
-    from ..data.device_data import pool_images
-
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return
@@ -188,7 +186,7 @@ def recalibrate_batchnorm(model: nn.Module, dataset: torch.utils.data.Dataset, n
     try:
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size].to(device)
-            model(normalize.to(device)(x.float() / 255 if x.dtype == torch.uint8 else x.float()))
+            model(normalize.to(device)(unit_pixels(x)))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
@@ -233,7 +231,7 @@ def fit_probe_head(model: nn.Module, dataset: torch.utils.data.Dataset, normaliz
             for start in range(0, len(images), batch_size):
                 index = order[start:start + batch_size]
                 x = images[index].to(device)
-                x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+                x = unit_pixels(x)
                 model(normalize.to(device)(x))
                 features[index.numpy()] = pooled(tap.pop()[model.feature_layer]).float().cpu().numpy()
     finally:
