@@ -206,13 +206,13 @@ def build_module(verb: str, cfg):
     from repfusion.data import ImageDataModule
 
     if verb == "teacher":
-        from repfusion.teachers.ddpm_training import DDPMTraining
+        from repfusion.teachers.ddpm_training import DDPMTraining, ddpm_augment
         from repfusion.teachers.loading import load_unet_and_scheduler
 
         datamodule = ImageDataModule(cfg.data)
         _, size, _ = datamodule.sample_shape()
         unet, scheduler = load_unet_and_scheduler(cfg.teacher, image_size=size)
-        return DDPMTraining(unet, scheduler, cfg.optim, image_size=size), datamodule
+        return DDPMTraining(unet, scheduler, cfg.optim, ddpm_augment(size)), datamodule
     if verb == "distill":
         from repfusion.distill.run import build_distillation
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from repfusion.data.augment import Augment
 from repfusion.errors import RepFusionError
 from repfusion.students import build_student
 from repfusion.tasks.classification import Classification
@@ -12,7 +13,7 @@ from repfusion.training import OptimConfig, build_optimizer
 
 def groups(scale: float) -> list[dict]:
     model = build_student("resnet18_cifar", 0.125, num_classes=10)
-    module = Classification(model, 10, OptimConfig(lr=0.1, backbone_lr_scale=scale), image_size=16)
+    module = Classification(model, 10, OptimConfig(lr=0.1, backbone_lr_scale=scale), Augment(16))
     return build_optimizer(module.trainable_parameters(), module.optim).param_groups, model
 
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import write_cifar_batch
-from repfusion.data import BatchAugment, DataConfig, ImageDataModule, cifar, digits, image_folder
+from repfusion.data import Augment, BatchAugment, DataConfig, ImageDataModule, cifar, digits, image_folder
 from repfusion.errors import RepFusionError
 
 SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset"
@@ -99,7 +99,7 @@ def test_datamodule_holdout_and_loaders():
 
 
 def test_batch_augment_on_device():
-    aug = BatchAugment(16, crop_padding=4, flip=True)
+    aug = BatchAugment(Augment(16, crop_padding=4, flip=True))
     x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
     plain = aug(x, train=False)
     assert plain.dtype == torch.float32 and torch.allclose(plain, x.float() / 255)

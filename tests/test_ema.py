@@ -14,7 +14,7 @@ from repfusion.io import load_tensors
 from repfusion.tasks.classification import build_classification
 from repfusion.tasks.finetune import FinetuneRun, ModelSection, run_finetune
 from repfusion.teachers import default_scheduler, unet_from_preset
-from repfusion.teachers.ddpm_training import DDPMTraining
+from repfusion.teachers.ddpm_training import DDPMTraining, ddpm_augment
 from repfusion.training import OptimConfig, TrainerConfig, build_trainer
 
 
@@ -68,7 +68,7 @@ def test_distillation_averages_the_student_and_never_the_teacher():
 
 
 def test_teacher_training_averages_the_unet():
-    module = DDPMTraining(unet_from_preset("tiny-16"), default_scheduler(), OptimConfig(), image_size=16)
+    module = DDPMTraining(unet_from_preset("tiny-16"), default_scheduler(), OptimConfig(), ddpm_augment(16))
     averaged = module.ema_tensors()
     assert set(averaged) == {f"unet.{n}" for n, _ in module.unet.named_parameters()}
 

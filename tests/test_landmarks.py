@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from repfusion.data import DataConfig, ImageDataModule
+from repfusion.data import Augment, DataConfig, ImageDataModule
 from repfusion.data.face_layout import WFLW_ATTRIBUTES, WFLW_FLIP_PAIRS
 from repfusion.data.joint_augment import JointAugment
 from repfusion.errors import RepFusionError
@@ -212,8 +212,8 @@ def test_tiny_fit_logs_nme_fr_auc_and_attribute_subsets(tmp_path):
 
 
 def test_flip_test_prediction_is_mirror_consistent():
-    module = Landmarks(LandmarkNet("resnet18", width=0.125).eval(), optim=None, image_size=32,  # type: ignore[arg-type]
-                       section=LandmarkSection(flip_test=True))
+    module = Landmarks(LandmarkNet("resnet18", width=0.125).eval(), optim=None,  # type: ignore[arg-type]
+                       augment=Augment(32), section=LandmarkSection(flip_test=True))
     images = torch.rand(2, 3, 32, 32)
     heatmaps = module.predict_heatmaps(images)
     mirrored = module.predict_heatmaps(images.flip(-1))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from repfusion.data.augment import Augment
 from repfusion.data.face_layout import PARSING_CLASSES
 from repfusion.data.faces import faces
 from repfusion.errors import RepFusionError
@@ -79,7 +80,8 @@ class FixtureDataModule:
 
 def _module(classes: list[str], image_size: int = 32, **section: float) -> Segmentation:
     network = BiSeNetV1("resnet18", WIDTH, num_classes=len(classes))
-    return Segmentation(network, classes, OptimConfig(lr=0.01), image_size, section=SegmentationSection(**section))
+    return Segmentation(network, classes, OptimConfig(lr=0.01), Augment(image_size),
+                        section=SegmentationSection(**section))
 
 
 def test_miou_matches_a_hand_computed_confusion_matrix() -> None:

@@ -151,7 +151,7 @@ def test_the_teacher_takes_images_in_0_1_and_maps_them_itself_the_one_way():
     import repfusion
     from repfusion.analysis.probe import pooled_features
     from repfusion.features import pooled
-    from repfusion.teachers.ddpm_training import DDPMTraining
+    from repfusion.teachers.ddpm_training import DDPMTraining, ddpm_augment
     from repfusion.training import OptimConfig
 
     teacher = load_teacher("tiny-16")
@@ -169,7 +169,7 @@ def test_the_teacher_takes_images_in_0_1_and_maps_them_itself_the_one_way():
     t = torch.full((4,), 10)
     assert (probe[DEFAULT_TEACHER_LAYER] == pooled(unet_read(images.float() / 127.5 - 1)).numpy()).all()
 
-    ddpm = DDPMTraining(teacher.unet, teacher.scheduler, OptimConfig(), 16)
+    ddpm = DDPMTraining(teacher.unet, teacher.scheduler, OptimConfig(), ddpm_augment(16))
     torch.manual_seed(0)
     loss = ddpm.diffusion_loss(x01)
     torch.manual_seed(0)

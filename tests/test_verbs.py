@@ -148,3 +148,15 @@ def test_a_scalar_key_given_two_values_is_one_sentence(capsys, tmp_path):
                  str(tmp_path / "p")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--student.layer takes one value, not 2" in err and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("spelled", [["--teacher", "tiny-32"], ["--teacher.source", "tiny-32"],
+                                     ["--teacher.source=tiny-32"]])
+def test_the_teacher_verb_reads_the_teacher_source_in_either_spelling(spelled, capsys):
+    """Its `teacher` key is the source itself (a preset, folder or hub id): `--teacher.source X`, the spelling
+    of every other verb, is that key too, silently (issue 24, item 2)."""
+    with pytest.raises(SystemExit) as stop:
+        main(["teacher", *spelled, "--print_config"])
+    assert stop.value.code == 0
+    out, err = capsys.readouterr()
+    assert yaml.safe_load(out)["teacher"] == "tiny-32" and "note:" not in err

@@ -5,7 +5,9 @@ and one token in every verb (`--data.image_size 32`, `--data.mean [0.4,0.5,0.6]`
 Older spellings are rewritten to it before parsing, by one table (`ALIASES`), each with a note on stderr
 saying the new spelling. Two forms are the dialect itself, rewritten silently:
 - `--teacher X` / `--student X` (and export's positional RUN) are `--teacher.source X` / `--student.source X`
-  in a verb whose section has a `source` key;
+  in a verb whose section has a `source` key; the other way round, `--teacher.source X` is `--teacher X` in the
+  `teacher` verb, whose `teacher` key is the source itself (a preset, folder or hub id, read as every verb
+  reads a teacher's source), so both spellings mean the teacher to use in every verb;
 - a boolean key given bare (`--quick`, `--head`) is `true`, and a list key given one plain value
   (`--probe.timesteps 0`) is that one-item list.
 """
@@ -150,6 +152,8 @@ def rewrite(verb: str, argv: list[str], keys: dict[str, object], positional: str
                 continue
         elif flag[2:] in SOURCE_SECTIONS and f"{flag[2:]}.source" in keys:
             spelled = f"{flag}.source"
+        elif flag.endswith(".source") and flag[2:-7] in SOURCE_SECTIONS and flag[2:-7] in keys:
+            spelled = flag[:-7]  # the teacher verb: its `teacher` key is the source (see the module docstring)
         hint = keys.get(spelled[2:])
         if eq:
             if new is not None:
@@ -182,9 +186,13 @@ def rewrite(verb: str, argv: list[str], keys: dict[str, object], positional: str
 
 def show_shorthands(parser, keys: dict[str, object]) -> None:
     """`--teacher X` / `--student X` in --help as what they are here, the section's source (jsonargparse would
-    list them as the section's config file, which `rewrite` never lets them be)."""
+    list them as the section's config file, which `rewrite` never lets them be), or in the teacher verb the plain
+    key that `--teacher.source` also spells."""
     for action in parser._actions:
         name = action.option_strings[0][2:] if action.option_strings else ""
         if name in SOURCE_SECTIONS and f"{name}.source" in keys:
             action.metavar = "SOURCE"
             action.help = f"The same as --{name}.source."
+        elif name in SOURCE_SECTIONS and name in keys:  # the teacher verb's plain `teacher` key
+            action.metavar = "SOURCE"
+            action.help = f"The {name} to use (--{name}.source X is the same here)."

@@ -8,18 +8,21 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from .data.augment import BatchAugment
+from .data.augment import Augment, BatchAugment
 from .ema import trainable_tensors
 from .training import OptimConfig, configure_optimization
 
 
 class Stage(pl.LightningModule):
-    """Batches arrive as uint8; they become float [0, 1] (augmented when training) on the device."""
+    """Batches arrive as uint8; they become float [0, 1] (augmented when training) on the device.
 
-    def __init__(self, image_size: int, optim: OptimConfig, crop_padding: int = 4, flip: bool = True) -> None:
+    Every stage receives its augmentation as one built `Augment` (made once by the task's builder from its
+    config) and the optimiser settings; dense stages replace the image-only `BatchAugment` by `JointAugment`."""
+
+    def __init__(self, augment: Augment, optim: OptimConfig) -> None:
         super().__init__()
         self.optim = optim
-        self.augment = BatchAugment(image_size, crop_padding, flip)
+        self.augment = BatchAugment(augment)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch

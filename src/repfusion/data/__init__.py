@@ -1,7 +1,7 @@
 """Dataset readers (classification and dense: CelebAMask-HQ, WFLW), embedded data (digits, generated faces),
 and on-device augmentation (images alone, or with masks and keypoints)."""
 
-from .augment import BatchAugment, Normalize
+from .augment import Augment, BatchAugment, Normalize
 from .celebamask import celebamask
 from .cifar import cifar
 from .datamodule import DataConfig, ImageDataModule, build_split, train_test_split
@@ -15,7 +15,7 @@ from .wflw import wflw
 
 __all__ = [
     "PARSING_CLASSES", "PARSING_FLIP_SWAPS", "WFLW_ATTRIBUTES", "WFLW_EYE_CORNERS", "WFLW_FLIP_PAIRS",
-    "BatchAugment", "DataConfig", "ImageDataModule", "JointAugment", "Normalize", "TensorImageDataset",
+    "Augment", "BatchAugment", "DataConfig", "ImageDataModule", "JointAugment", "Normalize", "TensorImageDataset",
     "build_split", "celebamask", "cifar", "digits", "faces", "image_folder", "tiny_imagenet", "train_test_split",
     "wflw",
 ]

@@ -17,7 +17,10 @@ def unit_pixels(images: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Augment:
     """What a stage's training augmentation does (`BatchAugment` builds it): a random crop back to
-    `image_size` after `crop_padding` zero padding (0: none) and, with `flip`, a random horizontal flip."""
+    `image_size` after `crop_padding` zero padding (0: none) and, with `flip`, a random horizontal flip.
+
+    Each task's builder makes it once from its config and hands it to the stage (`stage.Stage`), so no module
+    takes the three settings loose; a cache's stored views (`distill.cache.StoredViews`) use its crop and flip."""
 
     image_size: int
     crop_padding: int = 4
@@ -25,14 +28,15 @@ class Augment:
 
 
 class BatchAugment(nn.Module):
-    """uint8 batch -> float [0, 1]; random crop with padding and horizontal flip when training."""
+    """uint8 batch -> float [0, 1]; when training, the random crop and horizontal flip that `augment` names."""
 
-    def __init__(self, image_size: int, crop_padding: int = 4, flip: bool = True) -> None:
+    def __init__(self, augment: Augment) -> None:
         super().__init__()
+        size = augment.image_size
         ops: list[nn.Module] = []
-        if crop_padding > 0:
-            ops.append(K.RandomCrop((image_size, image_size), padding=crop_padding))
-        if flip:
+        if augment.crop_padding > 0:
+            ops.append(K.RandomCrop((size, size), padding=augment.crop_padding))
+        if augment.flip:
             ops.append(K.RandomHorizontalFlip())
         self.augment = K.AugmentationSequential(*ops) if ops else nn.Identity()
 

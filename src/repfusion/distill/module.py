@@ -53,7 +53,7 @@ class Distillation(Stage):
 
     def __init__(self, teacher: TeacherTap, student: StudentTap, objective: Objective, policy: TimestepPolicy,
                  augment: Augment, optim: OptimConfig) -> None:
-        super().__init__(augment.image_size, optim, augment.crop_padding, augment.flip)
+        super().__init__(augment, optim)
         # registered in this order (and under these names) since the first version: the state-dict keys and the
         # optimiser's parameter order that saved checkpoints resume with
         self.teacher = teacher.teacher

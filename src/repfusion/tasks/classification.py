@@ -12,7 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data import ImageDataModule
-from ..data.augment import Normalize, unit_pixels
+from ..data.augment import Augment, Normalize, unit_pixels
 from ..stage import Stage
 from ..errors import RepFusionError
 from ..students import build_student, check_given_student
@@ -44,11 +44,10 @@ class Classification(Stage):
     - `in_loop` (the teacher in the loop): L = CE + w * (D_labelled + D_unlabelled), see `teacher_in_loop`.
     """
 
-    def __init__(self, model: nn.Module, num_classes: int, optim: OptimConfig, image_size: int,
-                 normalize: Normalize | None = None, crop_padding: int = 4, flip: bool = True,
-                 label_smoothing: float = 0.0, head_epochs: int = 0, in_loop: TeacherInLoop | None = None,
-                 head_init: str = "random") -> None:
-        super().__init__(image_size, optim, crop_padding, flip)
+    def __init__(self, model: nn.Module, num_classes: int, optim: OptimConfig, augment: Augment,
+                 normalize: Normalize | None = None, label_smoothing: float = 0.0, head_epochs: int = 0,
+                 in_loop: TeacherInLoop | None = None, head_init: str = "random") -> None:
+        super().__init__(augment, optim)
         self.model = model
         self.normalize = normalize or Normalize()
         self.label_smoothing = label_smoothing
@@ -275,6 +274,7 @@ def build_classification(cfg: FinetuneRun, datamodule: ImageDataModule,
         model = given_classifier(student, cfg.init, datamodule.num_classes, channels)
     init_backbone(model, cfg.init)
     normalize = Normalize(cfg.data.mean, cfg.data.std)
+    augment = Augment(height, cfg.data.crop_padding, cfg.data.flip)
     in_loop = None
     if cfg.teacher_in_loop.enabled:
         section = cfg.teacher_in_loop
@@ -282,7 +282,6 @@ def build_classification(cfg: FinetuneRun, datamodule: ImageDataModule,
         every_image = ImageDataModule(cfg.data)  # not cut to the labels: x_u is drawn from every training image
         every_image.setup()
         in_loop = TeacherInLoop(term, section, pool_images(every_image.train_set),
-                                section.batch_size or cfg.data.batch_size, cfg.data.crop_padding, cfg.data.flip,
-                                cfg.trainer.seed, normalize)
-    return Classification(model, datamodule.num_classes, cfg.optim, height, normalize, cfg.data.crop_padding,
-                          cfg.data.flip, cfg.label_smoothing, cfg.head_epochs, in_loop, cfg.head_init)
+                                section.batch_size or cfg.data.batch_size, augment, cfg.trainer.seed, normalize)
+    return Classification(model, datamodule.num_classes, cfg.optim, augment, normalize, cfg.label_smoothing,
+                          cfg.head_epochs, in_loop, cfg.head_init)

@@ -17,14 +17,14 @@ from typing import ClassVar, TYPE_CHECKING
 
 import torch
 
-from ..data.augment import Normalize
+from ..data.augment import Augment, Normalize
 from ..data.datasets import base_dataset
 from ..data.face_layout import WFLW_ATTRIBUTES, WFLW_EYE_CORNERS, WFLW_FLIP_PAIRS
 from ..errors import RepFusionError
 from ..section import Section
 from ..training import OptimConfig
 from .backbone import init_backbone, resolve_architecture
-from .dense_stage import DenseStage
+from .dense_stage import DenseStage, dense_augment
 from .heads.heatmap import LandmarkNet
 from .landmark_metrics import (DECODERS, LandmarkMetrics, decode_heatmaps, flip_heatmaps, gaussian_heatmaps,
                                to_heatmap, to_image)
@@ -118,13 +118,13 @@ class Landmarks(DenseStage):
 
     target_key, target_sources = "keypoints", "landmarks (faces, wflw)"
 
-    def __init__(self, network: LandmarkNet, optim: OptimConfig, image_size: int, normalize: Normalize | None = None,
-                 flip: bool = True, section: LandmarkSection | None = None,
+    def __init__(self, network: LandmarkNet, optim: OptimConfig, augment: Augment, normalize: Normalize | None = None,
+                 section: LandmarkSection | None = None,
                  flip_pairs: Sequence[tuple[int, int]] = WFLW_FLIP_PAIRS,
                  attribute_names: Sequence[str] = WFLW_ATTRIBUTES,
                  eye_corners: tuple[int, int] = WFLW_EYE_CORNERS) -> None:
         section = section or LandmarkSection()
-        super().__init__(network, optim, image_size, normalize, flip, section, flip_pairs=flip_pairs)
+        super().__init__(network, optim, augment, normalize, section, flip_pairs=flip_pairs)
         self.flip_pairs = tuple(flip_pairs)
         self.val_metrics = LandmarkMetrics(attribute_names, eye_corners)
         self.test_metrics = LandmarkMetrics(attribute_names, eye_corners)
@@ -224,5 +224,5 @@ def build_landmarks(cfg: FinetuneRun, datamodule: ImageDataModule) -> Landmarks:
     section = getattr(cfg, "landmarks", None) or LandmarkSection()
     network = LandmarkNet(arch, width, num_keypoints, channels, deconv_layers=section.deconv_layers)
     init_backbone(network.backbone, cfg.init)
-    return Landmarks(network, cfg.optim, height, Normalize(cfg.data.mean, cfg.data.std), cfg.data.flip, section,
-                     flip_pairs)
+    return Landmarks(network, cfg.optim, dense_augment(cfg.data, height), Normalize(cfg.data.mean, cfg.data.std),
+                     section, flip_pairs)

@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from ..data.augment import Normalize
+from ..data.augment import Augment, Normalize
 from ..data.datasets import base_dataset
 from ..data.face_layout import IGNORE_INDEX, PARSING_CLASSES, PARSING_FLIP_SWAPS
 from ..errors import RepFusionError
 from ..section import Section
 from ..training import OptimConfig
 from .backbone import init_backbone, resolve_architecture
-from .dense_stage import DenseStage
+from .dense_stage import DenseStage, dense_augment
 from .heads.bisenet import BiSeNetV1
 
 if TYPE_CHECKING:
@@ -135,12 +135,11 @@ class Segmentation(DenseStage):
 
     target_key, target_sources = "mask", "part masks (faces, celebamask)"
 
-    def __init__(self, network: BiSeNetV1, class_names: Sequence[str], optim: OptimConfig, image_size: int,
-                 normalize: Normalize | None = None, flip: bool = True,
-                 section: SegmentationSection | None = None) -> None:
+    def __init__(self, network: BiSeNetV1, class_names: Sequence[str], optim: OptimConfig, augment: Augment,
+                 normalize: Normalize | None = None, section: SegmentationSection | None = None) -> None:
         section = section or SegmentationSection()
         swaps = PARSING_FLIP_SWAPS if list(class_names) == PARSING_CLASSES else ()  # l/r swaps need the official order
-        super().__init__(network, optim, image_size, normalize, flip, section, label_swaps=swaps)
+        super().__init__(network, optim, augment, normalize, section, label_swaps=swaps)
         if len(class_names) != network.config.num_classes:
             raise RepFusionError(f"The dataset names {len(class_names)} classes but the network predicts "
                                  f"{network.config.num_classes}; build the network with num_classes={len(class_names)}.")
@@ -216,5 +215,5 @@ def build_segmentation(cfg: FinetuneRun, datamodule: ImageDataModule) -> Segment
     network = BiSeNetV1(arch, width, num_classes=len(classes), in_channels=channels)
     init_backbone(network.backbone, cfg.init)
     section = getattr(cfg, "segmentation", None) or SegmentationSection()
-    return Segmentation(network, classes, cfg.optim, height, Normalize(cfg.data.mean, cfg.data.std), cfg.data.flip,
-                        section)
+    return Segmentation(network, classes, cfg.optim, dense_augment(cfg.data, height),
+                        Normalize(cfg.data.mean, cfg.data.std), section)

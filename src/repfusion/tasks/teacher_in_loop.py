@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..data.augment import Normalize
+from ..data.augment import Augment, Normalize
 from ..distill.cache import CachedTargets, StoredViews
 from ..distill.losses import build_loss
 from ..distill.run import HEAD_FILE, LossSection
@@ -174,15 +174,16 @@ class TeacherInLoop(nn.Module):
     """What a fine-tuning stage adds for the teacher in the loop: the term, the cache and the x_u draw.
 
     `loss(model, student_input_labelled, images01_labelled, step)` returns w * (D_l + D_u); the x_u batch
-    is drawn from a generator seeded by (seed, step), so a resumed run draws the same batches.
+    is drawn from a generator seeded by (seed, step), so a resumed run draws the same batches. `augment` is
+    the fine-tuning stage's own: x_u's stored views get the crop and flip the labelled batches get.
     """
 
     def __init__(self, term: InLoopDistillation, section: TeacherInLoopSection, images: torch.Tensor,
-                 batch_size: int, crop_padding: int, flip: bool, seed: int, normalize: Normalize) -> None:
+                 batch_size: int, augment: Augment, seed: int, normalize: Normalize) -> None:
         super().__init__()
         self.term, self.weight = term, float(section.weight)
         self.batch_size, self.seed, self.normalize = batch_size, seed, normalize
-        self.views = StoredViews(len(images), section.views, crop_padding, flip, seed)
+        self.views = StoredViews(len(images), section.views, augment.crop_padding, augment.flip, seed)
         self.images = images
         self.cache: CachedTargets | None = None  # filled on the training device at the first step
         self._tap: FeatureTap | None = None

@@ -9,17 +9,25 @@ import torch.nn.functional as F
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.utils import make_image_grid
 
+from ..data.augment import Augment
 from ..io import atomic_write, replace_dir, staging_dir
 from ..stage import Stage
 from ..training import OptimConfig
 from .diffusion_teacher import model_pixels
 
 
+def ddpm_augment(image_size: int) -> Augment:
+    """The augmentation a teacher trains with: random horizontal flips and no crop, as DDPM (Ho et al. 2020)
+    trains on CIFAR-10. `data.flip` and `data.crop_padding` are not read (they have not been since the first
+    version), so every teacher run so far is reproduced."""
+    return Augment(image_size, crop_padding=0, flip=True)
+
+
 class DDPMTraining(Stage):
     """L = || eps - eps_theta(sqrt(abar_t) x + sqrt(1 - abar_t) eps, t) ||^2 with t ~ U{0..T-1}."""
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, optim: OptimConfig, image_size: int) -> None:
-        super().__init__(image_size, optim, crop_padding=0, flip=True)
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, optim: OptimConfig, augment: Augment) -> None:
+        super().__init__(augment, optim)
         self.unet = unet
         self.scheduler = scheduler
 

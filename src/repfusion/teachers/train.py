@@ -12,7 +12,7 @@ from ..data import DataConfig, ImageDataModule
 from ..errors import RepFusionError
 from ..training import OptimConfig, TrainerConfig, build_trainer, prepare_run, restore_finished
 from .diffusion_teacher import check_unet_input
-from .ddpm_training import DDPMTraining, export_teacher, sample_grid
+from .ddpm_training import DDPMTraining, ddpm_augment, export_teacher, sample_grid
 from .loading import load_unet_and_scheduler
 
 
@@ -51,7 +51,7 @@ def train_teacher(cfg: TeacherRun, run_dir: Path, resume: bool = False,
     if cfg.samples > 0 and cfg.sample_steps > steps:
         raise RepFusionError(f"sample_steps {cfg.sample_steps} exceeds the teacher's {steps} diffusion steps; "
                              f"give at most {steps}.")
-    module = DDPMTraining(unet, scheduler, cfg.optim, image_size=size)
+    module = DDPMTraining(unet, scheduler, cfg.optim, ddpm_augment(size))
     trainer = build_trainer(cfg.trainer, run_dir)
     ckpt = prepare_run(run_dir, resume, module, on_start)  # all checks before the first write
     if not restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps):  # killed in export
