@@ -13,6 +13,7 @@ from torch import nn
 from ..analysis.plots import plot_curves
 from ..data import DataConfig, ImageDataModule
 from ..ema import final_raw_weights, keep_better
+from ..data.augment import unit_pixels
 from ..data.datasets import dataset_targets
 from ..errors import RepFusionError
 from ..io import replace_dir, staging_dir, write_json
@@ -106,7 +107,7 @@ def draw_test_predictions(module: pl.LightningModule, datamodule: ImageDataModul
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        draw(images.float().div(255).to(module.device), path)
+        draw(unit_pixels(images).to(module.device), path)
     module.train(was_training)
 
 
