@@ -81,7 +81,7 @@ def test_the_data_section_and_normalisation_come_from_the_run_config(tmp_path):
     assert run_normalization(run / "student") == ((0.4, 0.4, 0.4), (0.2, 0.2, 0.2))
 
 
-@pytest.mark.parametrize("text", ["", "data: [1, 2]\n", "- a list\n", "data: {mean: [0.1, 0.1, 0.1]\n", "trainer: {}\n"])
+@pytest.mark.parametrize("text", ["", "data: [1, 2]\n", "- a list\n", "trainer: {}\n"])
 def test_a_config_without_a_readable_data_section_reads_as_none(tmp_path, text):
     run = distill_run(tmp_path / "distill")
     (run / "config.yaml").write_text(text)
@@ -96,7 +96,21 @@ def test_a_run_without_config_or_with_only_a_mean_has_no_normalisation(tmp_path)
     assert run_normalization(export) is None and DEFAULT_MEAN_STD == ((0.5,) * 3, (0.5,) * 3)
 
 
+@pytest.mark.parametrize("text", ["data: {mean: [0.1, 0.1, 0.1]\n", b"data: \xff\xfe\n"])
+def test_a_config_that_is_not_yaml_is_refused_in_one_sentence(tmp_path, text):
+    run = distill_run(tmp_path / "distill")
+    path = run / "config.yaml"
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    with pytest.raises(RepFusionError, match="cannot be read as YAML") as refused:
+        run_data_section(run / "student")
+    assert str(path) in str(refused.value) and "\n" not in str(refused.value)
+    assert path.read_bytes() == (text if isinstance(text, bytes) else text.encode())  # the user's file untouched
+
+
 def test_the_config_is_data_not_code(tmp_path):
     run = distill_run(tmp_path / "distill")
-    (run / "config.yaml").write_text("data: !!python/object/apply:os.system ['echo hi']\n")
-    assert run_data_section(run / "student") == {}  # safe_load refuses the tag; nothing runs
+    marker = tmp_path / "ran"
+    (run / "config.yaml").write_text(f"data: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(RepFusionError, match="cannot be read as YAML"):  # safe_load refuses the tag
+        run_data_section(run / "student")
+    assert not marker.exists()  # nothing ran

@@ -61,15 +61,19 @@ def student_export(source: str | Path) -> Path:
 
 def run_data_section(export: str | Path) -> dict[str, Any]:
     """The `data:` section of the config.yaml of the run that wrote `export` (the export folder's own, else its
-    run folder's), read with yaml.safe_load; {} when there is none or it cannot be read, since every caller has
-    a better source or a default for what it holds (the model card, the flags, 0.5/0.5)."""
+    run folder's), read with yaml.safe_load; {} when there is none or it holds no data mapping, since every caller
+    has a better source or a default for what it holds (the model card, the flags, 0.5/0.5). A config.yaml that
+    is there but is not readable YAML is refused rather than skipped: falling back would silently normalise the
+    images differently from the run."""
     folder = Path(export)
     for config in (folder / "config.yaml", folder.parent / "config.yaml"):
         if config.is_file():
             try:
                 loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, yaml.YAMLError):
-                return {}
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise RepFusionError(f"{config} cannot be read as YAML ({reason}): repair it or delete it "
+                                     "(the run's normalisation then falls back to the flags or 0.5/0.5).") from None
             data = loaded.get("data") if isinstance(loaded, dict) else None
             return data if isinstance(data, dict) else {}
     return {}
