@@ -97,3 +97,79 @@ def test_the_loop_cost_of_a_step_is_counted_once_for_every_optimiser_step():
     # four arms a seed, and equal-compute scratch's extra steps (as many as one distillation's)
     assert plan1["fine-tune the arms"] - plan0["fine-tune the arms"] == pytest.approx(
         0.01 * seeds * (4 * ft_steps + distill_steps))
+
+
+def _times(**changed) -> StepTimes:
+    import dataclasses
+
+    base = StepTimes(teacher_train=0.2, teacher_forward=0.05, student_train=0.1, student_forward=0.02, batch=128,
+                     finetune_batch=32)
+    return dataclasses.replace(base, **changed)
+
+
+def test_the_chosen_layer_replaces_the_mean_teacher_forward_in_the_distillation():
+    """Up front the teacher forward is the candidates' mean; after the choice, the chosen layer's truncated time."""
+    cfg, _ = apply_budget(PretrainRun(), on_gpu=False)
+    cfg.distill.cache_views = 0  # the teacher runs every step: its time shows in full
+    times = _times(teacher_forward=0.3, teacher_forward_at={"down_blocks.0": 0.1, "up_blocks.1": 0.5})
+    assert times.at_layer("up_blocks.1").teacher_forward == 0.5
+    assert times.at_layer("not_timed").teacher_forward == 0.3  # unknown: the estimate stays as it was
+    shallow, deep = (stage_seconds(cfg, facts(), times.at_layer(layer), True, True, 270)[0]
+                     for layer in ("down_blocks.0", "up_blocks.1"))
+    assert shallow["distil"] < deep["distil"]
+    assert shallow["teacher"] == deep["teacher"]  # a stage before the choice does not change
+
+
+def test_reading_images_from_files_costs_every_image_of_every_epoch():
+    """item_read (one file decoded) is paid for every image each epoch: the teacher's stage gains exactly
+    epochs x images x item_read."""
+    cfg, _ = apply_budget(PretrainRun(), on_gpu=False)
+    base = stage_seconds(cfg, facts(), _times(), True, True, 270)[0]
+    read = stage_seconds(cfg, facts(), _times(item_read=0.001), True, True, 270)[0]
+    assert read["teacher"] - base["teacher"] == pytest.approx(0.001 * 3000 * cfg.teacher.epochs)
+    assert all(read[stage] > base[stage] for stage in ("distil", "fine-tune the arms", "probe the frozen backbones"))
+
+
+def test_a_fine_tuning_step_timed_at_its_own_batch_is_used_as_timed():
+    cfg, _ = apply_budget(PretrainRun(), on_gpu=False)
+    by_images = stage_seconds(cfg, facts(), _times(), True, True, 270)[0]  # 0.1 s at 128: 0.025 s at 32
+    timed = stage_seconds(cfg, facts(), _times(finetune_train=0.05), True, True, 270)[0]
+    assert timed["fine-tune the arms"] > by_images["fine-tune the arms"]
+    assert timed["distil"] == by_images["distil"]
+
+
+def test_a_re_plan_changes_only_the_stages_still_to_run_and_is_said():
+    from repfusion.pipeline.progress import StageProgress
+
+    said: list[str] = []
+    first = {"teacher": 10.0, "choose": 5.0, "distil": 100.0, "report": 1.0}
+    progress = StageProgress(first, log=said.append)
+    progress.run("teacher", lambda: None)
+    progress.replan({"teacher": 99.0, "choose": 99.0, "distil": 40.0, "report": 1.0}, after="choose")
+    assert progress.plan == {"teacher": 10.0, "choose": 5.0, "distil": 40.0, "report": 1.0}
+    assert first["distil"] == 100.0  # the up-front estimate (kept in results.json) is not rewritten
+    assert "estimate now" in said[-1] and "distil 0:40" in said[-1]
+
+
+def test_time_data_reads_real_items_and_nothing_for_in_memory_images(tmp_path):
+    import time
+
+    import torch
+
+    from repfusion.data.augment import Augment
+    from repfusion.data.datasets import TensorImageDataset
+    from repfusion.pipeline.estimate import time_data
+
+    class Slow(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i):
+            time.sleep(0.005)
+            return torch.zeros(3, 8, 8, dtype=torch.uint8), 0
+
+    read, augment = time_data(Slow(), Augment(8, crop_padding=2, flip=True), items=4)
+    assert read >= 0.005 and augment > 0
+    images = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
+    in_memory = TensorImageDataset(images, torch.zeros(6, dtype=torch.long), ["a"])
+    assert time_data(in_memory, Augment(8), items=4)[0] == 0.0

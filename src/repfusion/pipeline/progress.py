@@ -69,6 +69,18 @@ class StageProgress:
             return f"about {clock(rest)} left (estimate)"
         return f"about {clock(rest * self._busy / self._done_units)} left"  # corrected by the measured rate
 
+    def replan(self, plan: dict[str, float], after: str) -> None:
+        """Take `plan`'s seconds for the stages after `after` (a new fact, such as the chosen teacher layer,
+        changes their cost) and say the whole run's estimate again; finished stages keep theirs."""
+        names = list(self.plan)
+        later = names[names.index(after) + 1:]
+        changed = {n: plan[n] for n in later if n in plan and abs(plan[n] - self.plan[n]) >= 0.5}
+        if not changed:
+            return
+        self.plan = {n: changed.get(n, s) for n, s in self.plan.items()}
+        self.log(f"   estimate now: {self.left(after)} ("
+                 + ", ".join(f"{n} {clock(s)}" for n, s in self.plan.items() if n in later and s >= 0.5) + ")")
+
     def run(self, name: str, fn: Callable[[], Any], skipped: bool = False) -> Any:
         names = list(self.plan)
         number = names.index(name) + 1

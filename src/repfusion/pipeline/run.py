@@ -24,6 +24,7 @@ import torch
 from ..analysis.controls import labelled_images, paired_entry
 from ..analysis.student_probe import probe_student
 from ..data import DataConfig, ImageDataModule
+from ..data.augment import Augment
 from ..arms import ARMS, TEACHERS, distill_dir, run_once
 from ..distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from ..distill.timesteps import TimestepConfig
@@ -32,16 +33,18 @@ from ..experiment import Experiment, Plan, peak_rss_mb, run_arms
 from ..io import replace_dir, staging_dir, write_json
 from ..section import whole_number
 from ..students import check_student
-from ..tasks.finetune import FinetuneRun, ModelSection
+from ..tasks.finetune import FinetuneRun, ModelSection, run_finetune
 from ..tasks.teacher_in_loop import TeacherInLoopSection
 from ..teachers import DiffusionTeacher
 from ..teachers import load_teacher as teacher_from_source
 from ..teachers.train import TeacherRun, train_teacher
 from ..training import OptimConfig
-from .choice import Choice, check_choice, choose, read_choice
+from .choice import Choice, candidate_layers, check_choice, choose, read_choice
 from .budget import BudgetChoice, accelerated, apply_budget, budget_record, check_budget, fit_to_time, parse_duration
 from .config import PretrainRun
-from .estimate import SAMPLE_STEPS, SAMPLES, stage_seconds, time_models
+from .estimate import (SAMPLE_STEPS, SAMPLES, SHORT_EPOCHS, SHORT_PASSES, SHORT_STEPS, SHORT_VAL_EVERY,
+                       stage_seconds, time_data,
+                       time_finetune_loop, time_models)
 from .inspect import DataFacts, inspect_data, unlabeled_view
 from .progress import TIMINGS_FILE, StageProgress, clock
 from .report import card_metrics, write_report
@@ -171,8 +174,9 @@ def default_arch(size: int) -> str:
 
 def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: DiffusionTeacher, arch: str,
              train_teacher_too: bool, labelled: bool, saved: dict[str, Any] | None = None
-             ) -> tuple[PretrainRun, BudgetChoice, dict[str, float]]:
-    """The budget filled in (and sized to `time` if given) with its estimate: stage -> seconds on this machine.
+             ) -> tuple[PretrainRun, BudgetChoice, dict[str, float], Callable[[str], dict[str, float]]]:
+    """The budget filled in (and sized to `time` if given) with its estimate: stage -> seconds on this machine,
+    and the estimate again for a chosen teacher layer (the teacher forward truncated there).
 
     `saved`: the budget a resumed run's first invocation filled, kept as it was (a time target is sized once)."""
     on_gpu = accelerated(cfg.trainer.accelerator)
@@ -183,12 +187,27 @@ def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: Diffus
     labelled_n = max(1, round(facts.train_images * (1 - data.val_fraction) * data.label_fraction)) if labelled else 0
     times = time_models(shape, arch, cfg.student.width, data.image_size, cfg.distill.batch_size or data.batch_size,
                         cfg.finetune.batch_size or finetune_batch(data, labelled_n), max(2, facts.classes),
-                        train_teacher_too, torch.device("cuda" if on_gpu else "cpu"))
+                        train_teacher_too, torch.device("cuda" if on_gpu else "cpu"),
+                        layers=cfg.choice.layers or candidate_layers(shape))
+    split = ImageDataModule(replace(data, label_seed=0) if labelled else unlabeled_view(data), labelled_only=False)
+    split.setup()
+    read, augment = time_data(split.train_set, Augment(data.image_size, data.crop_padding, data.flip))
+    times = replace(times, item_read=read, augment=augment)
+    if labelled:  # a real fine-tuning, cut short and clocked, gives its loop's own costs here
+        short = finetune_config(cfg, data, arch, None, seed=0)
+        short = replace(short, head_epochs=0, trainer=replace(
+            short.trainer, max_epochs=SHORT_EPOCHS, max_steps=-1, limit_train_batches=SHORT_STEPS,
+            limit_val_batches=1, check_val_every_n_epoch=SHORT_VAL_EVERY, progress=False, logger="csv",
+            extra={**short.trainer.extra, "limit_test_batches": 1}))
+        eval_images = SHORT_PASSES * min(short.data.batch_size, facts.test_images)  # one batch a pass
+        times = replace(times, finetune_loop=time_finetune_loop(
+            lambda folder, callbacks: run_finetune(short, folder, callbacks=callbacks), times, eval_images))
     plan, per_epoch = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
     if cfg.time is not None and saved is None:
         cfg, budget = fit_to_time(cfg, budget, plan, per_epoch, parse_duration(cfg.time))
         plan, _ = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
-    return cfg, budget, plan
+    return cfg, budget, plan, lambda layer: stage_seconds(cfg, facts, times.at_layer(layer), train_teacher_too,
+                                                          labelled, labelled_n)[0]
 
 
 def with_saved_budget(cfg: PretrainRun, saved: dict[str, Any]) -> PretrainRun:
@@ -219,7 +238,7 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     wanted = settings(cfg)  # what the user asked; the budget fills the rest
     check_out(out, resume, wanted)
     saved = json.loads((out / BUDGET_FILE).read_text()) if resume and (out / BUDGET_FILE).is_file() else None
-    cfg, budget, estimate_s = estimate(cfg, facts, data, shape, arch, given is None, labelled, saved)
+    cfg, budget, estimate_s, at_layer = estimate(cfg, facts, data, shape, arch, given is None, labelled, saved)
     print("\n".join(["Data:"] + [f"   {line}" for line in facts.lines()]))
     print(f"Teacher: {given or f'a {preset} DDPM trained here on the images, no labels'}; student {arch} at width "
           f"{cfg.student.width}; {'4 arms x ' + str(cfg.seeds) + ' seeds at ' + format(100 * data.label_fraction, 'g') + ' % labels' if labelled else 'label-free: distillation and export only'}")
@@ -263,6 +282,8 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
 
     choice = progress.run("choose the teacher layer and t", choose_now, skipped=read_choice(out) is not None)
     print(f"   chosen: {choice.layer}, {choice.mode} input, t = {choice.t} ({choice.reason})")
+    replanned = at_layer(choice.layer)
+    progress.replan(replanned, after="choose the teacher layer and t")
 
     experiment = Experiment(
         "classification", out, cfg.seeds, resume, compare=labelled, fraction=data.label_fraction,
@@ -282,7 +303,8 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     if compared is not None:
         result.update(summary=compared.summary, paired=compared.pairs + probe["paired"], probe=probe["runs"],
                       verdict=compared.verdict)
-    result.update(budget=budget_record(budget), estimate_s=estimate_s, timings_s=progress.timings,
+    result.update(budget=budget_record(budget), estimate_s=estimate_s, estimate_after_choice_s=replanned,
+                  timings_s=progress.timings,
                   wall_s=progress.wall_s(), invocations=progress.invocations(), config=settings(cfg),
                   peak_rss_mb=peak_rss_mb())
     progress.run("report", lambda: write_report(out, result, cfg))

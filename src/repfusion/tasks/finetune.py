@@ -123,11 +123,13 @@ def validation_score(trainer: pl.Trainer, module: pl.LightningModule, datamodule
 
 
 def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
-                 on_start: Callable[[], None] | None = None, student: nn.Module | None = None) -> dict[str, float | str]:
+                 on_start: Callable[[], None] | None = None, student: nn.Module | None = None,
+                 callbacks: list[pl.Callback] | None = None) -> dict[str, float | str]:
     """Everything is built and checked (resume included) before `on_start` and the first write.
 
     student: your own network for classification, e.g. `ModuleStudent(module, feature_layer="layer4")`
     (fresh: `cfg.init` loads the distilled weights into it; an `fc` head is set for the data's classes).
+    callbacks: Lightning callbacks added to the run's own (the pipeline's estimate times a short run with one).
     """
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     spec = TASKS.get(cfg.task)
@@ -137,7 +139,7 @@ def run_finetune(cfg: FinetuneRun, run_dir: Path, resume: bool = False,
     datamodule = ImageDataModule(cfg.data, labelled_only=True)
     check_targets(spec, datamodule)
     module = spec.build(cfg, datamodule) if student is None else spec.build(cfg, datamodule, student=student)
-    trainer = build_trainer(cfg.trainer, run_dir, monitor=spec.monitor, mode=spec.mode)
+    trainer = build_trainer(cfg.trainer, run_dir, monitor=spec.monitor, mode=spec.mode, callbacks=callbacks)
     ckpt = prepare_run(run_dir, resume, module, on_start)
     restored = restore_finished(module, ckpt, cfg.trainer.max_epochs, cfg.trainer.max_steps)  # killed in export
     if not restored:
