@@ -173,3 +173,30 @@ def test_time_data_reads_real_items_and_nothing_for_in_memory_images(tmp_path):
     images = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
     in_memory = TensorImageDataset(images, torch.zeros(6, dtype=torch.long), ["a"])
     assert time_data(in_memory, Augment(8), items=4)[0] == 0.0
+
+
+def test_the_clocked_short_run_separates_step_epoch_and_validation_costs():
+    """time_finetune_loop reads a real run's clock: here a stand-in run whose steps, epoch boundaries and one
+    validation take known sleeps (lower bounds only are asserted: sleeps never end early)."""
+    import time
+    from types import SimpleNamespace
+
+    from repfusion.pipeline.estimate import (SHORT_EPOCHS, SHORT_PASSES, SHORT_STEPS, SHORT_VAL_EVERY,
+                                             time_finetune_loop)
+
+    def run(folder, callbacks):
+        trainer = SimpleNamespace(current_epoch=0)
+        time.sleep(0.2)  # the run's own start
+        for epoch in range(SHORT_EPOCHS):
+            trainer.current_epoch = epoch
+            for i in range(SHORT_STEPS):
+                for callback in callbacks:
+                    callback.on_train_batch_start(trainer, None, None, i)
+                time.sleep(0.01)
+            time.sleep(0.05 + (0.15 if epoch + 1 == SHORT_VAL_EVERY else 0.0))
+        time.sleep(0.15 * (SHORT_PASSES - 1))  # after fit: keep_better's two passes, the kept weights', the test
+
+    costs = time_finetune_loop(run, _times(), eval_images=0)
+    assert costs.step >= 0.01
+    assert costs.epoch > 0.03 and costs.eval_pass > 0.1
+    assert costs.run > 0.1  # the start, and the last epoch's end, are the run's own

@@ -261,6 +261,14 @@ def time_data(dataset: torch.utils.data.Dataset, augment: Augment, items: int = 
     return read, time_step(lambda: step(batch, train=True)) / count
 
 
+def modelled_step(times: StepTimes, batch: int) -> float:
+    """A fine-tuning step of `batch` images from its parts: the student's step (timed at the nearer batch and
+    scaled by images), the loop's own cost and reading and augmenting the batch."""
+    near = times.finetune_train is not None and abs(batch - times.finetune_batch) < abs(batch - times.batch)
+    student = (times.finetune_train / times.finetune_batch if near else times.student_train / times.batch) * batch
+    return student + times.step_overhead + batch * (times.item_read + times.augment)
+
+
 def time_finetune_loop(run: Callable[[Path, list], object], times: StepTimes, eval_images: int) -> LoopCosts:
     """`run(folder, callbacks)`: a real fine-tuning cut to `SHORT_EPOCHS` epochs of `SHORT_STEPS` steps that
     validates once (`SHORT_VAL_EVERY`) and tests, each on one batch, and scores `eval_images` images in all
@@ -288,9 +296,9 @@ def time_finetune_loop(run: Callable[[Path, list], object], times: StepTimes, ev
     by_epoch = [[at for epoch, at in clock.starts if epoch == e] for e in range(SHORT_EPOCHS)]
     gaps = [b - a for starts in by_epoch for a, b in zip(starts[1:-1], starts[2:])] or \
         [b - a for starts in by_epoch for a, b in zip(starts, starts[1:])]  # the first step's warm-up left out
-    if not gaps or not all(by_epoch):
-        return LoopCosts(times.student_train, times.epoch_overhead, times.run_overhead)
-    step = statistics.median(gaps)
+    if not all(by_epoch):  # the run stopped early: nothing clocked
+        return LoopCosts(modelled_step(times, times.finetune_batch), times.epoch_overhead, times.run_overhead)
+    step = statistics.median(gaps) if gaps else modelled_step(times, times.finetune_batch)
     boundary = [by_epoch[e + 1][0] - by_epoch[e][-1] - step for e in range(SHORT_EPOCHS - 1)]
     epoch = max(0.0, boundary[0])
     eval_pass = max(0.0, boundary[SHORT_VAL_EVERY - 1] - boundary[0] - times.finetune_batch * (
@@ -341,11 +349,9 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
                                                           + probe_images * read)
         ft_batch = cfg.finetune.batch_size or times.finetune_batch
         ft_steps = steps_per_epoch(labelled_images, ft_batch)
-        timed_small = times.finetune_train is not None and abs(ft_batch - times.finetune_batch) < abs(ft_batch - batch)
-        student_step = (times.finetune_train / times.finetune_batch if timed_small else times.student_train / batch
-                        ) * ft_batch
         clocked = times.finetune_loop if ft_batch == times.finetune_batch else None
-        step = clocked.step if clocked else student_step + loop + ft_batch * train_read
+        step = clocked.step if clocked else modelled_step(times, ft_batch)
+        student_step = step - loop - ft_batch * train_read  # the teacher in the loop adds a second student pass
         ft_epoch_cost, ft_run, ft_pass = (clocked.epoch, clocked.run, clocked.eval_pass) if clocked else (
             epoch_cost, run, 0.0)
         in_loop = (2 * (times.teacher_forward * ft_batch / batch + student_step) if cfg.finetune.teacher_in_loop
