@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--points", nargs="+", default=["clean:0", "noised:50", "noised:150"],
                         help="mode:t pairs to probe")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--name", default="teacher_layers_cifar", help="Stem of the result files.")
     args = parser.parse_args()
     if not args.data.exists() or not Path(args.teacher).exists():
         print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
@@ -54,8 +55,9 @@ def main() -> None:
                 rows.append({"teacher": name, "mode": mode, "t": int(t), "layer": layer, "val_probe": acc})
                 print(f"{name:>7} {mode:>6} t={t:<4} {layer:<28} {100 * acc:.2f} %", flush=True)
     command = shlex.join(["python", *sys.argv])
-    write_json(args.out / "teacher_layers_cifar.json", {"command": command, "rows": rows})
-    lines = [f"# Teacher layers on the CIFAR-10 subset: trained vs random weights", "", f"Command: `{command}`", "",
+    write_json(args.out / f"{args.name}.json", {"command": command, "rows": rows})
+    lines = ["# Teacher layers on the CIFAR-10 subset: trained vs random weights", "", f"Command: `{command}`", "",
+             f"Teacher: `{args.teacher}`.", "",
              "Linear probe on pooled features, fitted on the training images outside the validation split, scored on "
              "the validation split (10 % of the training images; the test split is not used).", "",
              "| mode | t | layer | trained (%) | random (%) | trained - random |", "|---|---|---|---|---|---|"]
@@ -65,7 +67,7 @@ def main() -> None:
         for layer in args.layers:
             a, b = get[("trained", mode, int(t), layer)], get[("random", mode, int(t), layer)]
             lines.append(f"| {mode} | {t} | `{layer}` | {100 * a:.2f} | {100 * b:.2f} | {100 * (a - b):+.2f} |")
-    write_text(args.out / "teacher_layers_cifar.md", "\n".join(lines) + "\n")
+    write_text(args.out / f"{args.name}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,11 @@ from ..data.augment import Augment
 from ..students import build_student
 from ..teachers import DiffusionTeacher, model_pixels
 from .config import PretrainRun
-from .inspect import DataFacts
+from .inspect import DataFacts, unlabeled_view
+
+if TYPE_CHECKING:
+    from ..data import DataConfig
+    from ..tasks.finetune import FinetuneRun
 
 LOOP_STEPS = 16  # steps an epoch in time_loop's per-step measurement
 SAMPLES, SAMPLE_STEPS = 16, 50  # the teacher stage's sample grid (pipeline.run.teacher_run)
@@ -307,6 +312,29 @@ def time_finetune_loop(run: Callable[[Path, list], object], times: StepTimes, ev
     images = eval_images * (times.student_forward / times.batch + times.item_read)
     rest = seconds - steps * step - SHORT_EPOCHS * epoch - SHORT_PASSES * eval_pass - images
     return LoopCosts(step, epoch, max(times.run_overhead, rest), eval_pass)
+
+
+def clock_finetune(cfg: FinetuneRun, times: StepTimes, test_images: int) -> LoopCosts:
+    """The loop costs of `cfg`'s fine-tuning here: the same run cut to `SHORT_EPOCHS` epochs of `SHORT_STEPS`
+    steps, validated after `SHORT_VAL_EVERY` and tested on one batch each, clocked (`time_finetune_loop`)."""
+    from ..tasks.finetune import run_finetune
+
+    short = replace(cfg, head_epochs=0, trainer=replace(
+        cfg.trainer, max_epochs=SHORT_EPOCHS, max_steps=-1, limit_train_batches=SHORT_STEPS, limit_val_batches=1,
+        check_val_every_n_epoch=SHORT_VAL_EVERY, progress=False, logger="csv",
+        extra={**cfg.trainer.extra, "limit_test_batches": 1}))
+    eval_images = SHORT_PASSES * min(short.data.batch_size, test_images)  # one batch a pass
+    return time_finetune_loop(lambda folder, callbacks: run_finetune(short, folder, callbacks=callbacks), times,
+                              eval_images)
+
+
+def time_images(data: DataConfig, labelled: bool) -> tuple[float, float]:
+    """`time_data` on the training images the stages will read (the labelled split's, or all of them)."""
+    from ..data import ImageDataModule
+
+    split = ImageDataModule(replace(data, label_seed=0) if labelled else unlabeled_view(data), labelled_only=False)
+    split.setup()
+    return time_data(split.train_set, Augment(data.image_size, data.crop_padding, data.flip))
 
 
 def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_teacher: bool, labelled: bool,

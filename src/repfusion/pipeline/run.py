@@ -24,7 +24,6 @@ import torch
 from ..analysis.controls import labelled_images, paired_entry
 from ..analysis.student_probe import probe_student
 from ..data import DataConfig, ImageDataModule
-from ..data.augment import Augment
 from ..arms import ARMS, TEACHERS, distill_dir, run_once
 from ..distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from ..distill.timesteps import TimestepConfig
@@ -33,7 +32,7 @@ from ..experiment import Experiment, Plan, peak_rss_mb, run_arms
 from ..io import replace_dir, staging_dir, write_json
 from ..section import whole_number
 from ..students import check_student
-from ..tasks.finetune import FinetuneRun, ModelSection, run_finetune
+from ..tasks.finetune import FinetuneRun, ModelSection
 from ..tasks.teacher_in_loop import TeacherInLoopSection
 from ..teachers import DiffusionTeacher
 from ..teachers import load_teacher as teacher_from_source
@@ -42,9 +41,7 @@ from ..training import OptimConfig
 from .choice import Choice, candidate_layers, check_choice, choose, read_choice
 from .budget import BudgetChoice, accelerated, apply_budget, budget_record, check_budget, fit_to_time, parse_duration
 from .config import PretrainRun
-from .estimate import (SAMPLE_STEPS, SAMPLES, SHORT_EPOCHS, SHORT_PASSES, SHORT_STEPS, SHORT_VAL_EVERY,
-                       stage_seconds, time_data,
-                       time_finetune_loop, time_models)
+from .estimate import SAMPLE_STEPS, SAMPLES, clock_finetune, stage_seconds, time_images, time_models
 from .inspect import DataFacts, inspect_data, unlabeled_view
 from .progress import TIMINGS_FILE, StageProgress, clock
 from .report import card_metrics, write_report
@@ -189,19 +186,11 @@ def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: Diffus
                         cfg.finetune.batch_size or finetune_batch(data, labelled_n), max(2, facts.classes),
                         train_teacher_too, torch.device("cuda" if on_gpu else "cpu"),
                         layers=cfg.choice.layers or candidate_layers(shape))
-    split = ImageDataModule(replace(data, label_seed=0) if labelled else unlabeled_view(data), labelled_only=False)
-    split.setup()
-    read, augment = time_data(split.train_set, Augment(data.image_size, data.crop_padding, data.flip))
+    read, augment = time_images(data, labelled)
     times = replace(times, item_read=read, augment=augment)
-    if labelled:  # a real fine-tuning, cut short and clocked, gives its loop's own costs here
-        short = finetune_config(cfg, data, arch, None, seed=0)
-        short = replace(short, head_epochs=0, trainer=replace(
-            short.trainer, max_epochs=SHORT_EPOCHS, max_steps=-1, limit_train_batches=SHORT_STEPS,
-            limit_val_batches=1, check_val_every_n_epoch=SHORT_VAL_EVERY, progress=False, logger="csv",
-            extra={**short.trainer.extra, "limit_test_batches": 1}))
-        eval_images = SHORT_PASSES * min(short.data.batch_size, facts.test_images)  # one batch a pass
-        times = replace(times, finetune_loop=time_finetune_loop(
-            lambda folder, callbacks: run_finetune(short, folder, callbacks=callbacks), times, eval_images))
+    if labelled:  # a real fine-tuning of the scratch arm, cut short and clocked, gives its loop's own costs
+        times = replace(times, finetune_loop=clock_finetune(finetune_config(cfg, data, arch, None, seed=0), times,
+                                                            facts.test_images))
     plan, per_epoch = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
     if cfg.time is not None and saved is None:
         cfg, budget = fit_to_time(cfg, budget, plan, per_epoch, parse_duration(cfg.time))
@@ -245,7 +234,8 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     print(f"Budget: {budget.line()}")
     print(f"Estimate: about {clock(sum(estimate_s.values()))} in all on this machine ("
           + ", ".join(f"{name} {clock(s)}" for name, s in estimate_s.items() if s >= 0.5)
-          + "), from a few timed steps of each stage's model", flush=True)
+          + "), from a few timed steps of each stage's model"
+          + (" and a clocked short fine-tuning" if labelled else ""), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     if on_start is not None:
         on_start()
