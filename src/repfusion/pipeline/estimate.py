@@ -112,10 +112,15 @@ class StepTimes:
     augment: float = 0.0  # seconds of the device augmentation per training image
     finetune_loop: LoopCosts | None = None  # clocked in a real short fine-tuning (None: modelled from the above)
 
+    @property
+    def sampling_forward(self) -> float:
+        """The whole denoiser's forward, which sampling runs (teacher_forward where it was not timed apart)."""
+        return self.teacher_full if self.teacher_full is not None else self.teacher_forward
+
     def at_layer(self, layer: str) -> StepTimes:
         """These times with the teacher forward truncated at `layer` (after the choice; unchanged if untimed)."""
-        full = self.teacher_full if self.teacher_full is not None else self.teacher_forward  # sampling: whole
-        return replace(self, teacher_forward=self.teacher_forward_at.get(layer, self.teacher_forward), teacher_full=full)
+        return replace(self, teacher_forward=self.teacher_forward_at.get(layer, self.teacher_forward),
+                       teacher_full=self.sampling_forward)
 
 
 def time_loop(device: torch.device) -> tuple[float, float, float]:
@@ -257,10 +262,8 @@ def time_data(dataset: torch.utils.data.Dataset, augment: Augment, items: int = 
     picks = [round(i * (len(dataset) - 1) / max(1, count - 1)) for i in range(count)]
     dataset[picks[0]]  # the first read opens files and caches what the dataset keeps
     began = time.perf_counter()
-    images = [dataset[i][0] for i in picks]
-    read = (time.perf_counter() - began) / count
-    if tensor_source(dataset) is not None:
-        read = 0.0
+    images = [dataset[i][0] for i in picks]  # also the batch the augmentation is timed on
+    read = 0.0 if tensor_source(dataset) is not None else (time.perf_counter() - began) / count
     batch = torch.stack([torch.as_tensor(image) for image in images])
     step = BatchAugment(augment)
     return read, time_step(lambda: step(batch, train=True)) / count
@@ -351,11 +354,10 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
     distills = 2 * seeds if labelled else 1
     run, epoch_cost, loop = times.run_overhead, times.epoch_overhead, times.step_overhead
     if times.finetune_loop is not None:  # a clocked run's own cost (export, card, plots) stands for every run's
-        run = max(run, times.finetune_loop.run)
+        run = times.finetune_loop.run  # (never below time_loop's: time_finetune_loop keeps the larger)
     teacher_epoch = (steps_per_epoch(n, batch) * (times.teacher_train + loop) + n * train_read + epoch_cost
                      if train_teacher else 0.0)
-    full = times.teacher_full if times.teacher_full is not None else times.teacher_forward
-    samples = SAMPLE_STEPS * SAMPLES * full / batch  # the teacher's sample grid at its end (untruncated)
+    samples = SAMPLE_STEPS * SAMPLES * times.sampling_forward / batch  # the teacher's sample grid at its end
     distill_n = round(n * (1 - val))
     distill_steps = steps_per_epoch(distill_n, batch)
     cached = cfg.distill.cache_views > 0 and "noised" not in cfg.choice.modes  # the teacher runs once per view
