@@ -30,7 +30,9 @@ Fine-tuning protocols (`--protocol`, applied identically to every arm; issue 23)
 
 - plain: every weight trains from the first step (the previous protocol).
 - lpft: LP-FT, the head starts as the frozen backbone's logistic-regression probe on the labelled images
-  (plus `--head-epochs` head-only SGD epochs if asked), then everything trains.
+  (plus `--head-epochs` head-only SGD epochs if asked), then everything trains at `--lpft-lr` (Kumar et al.
+  fine-tune the fitted model at a smaller rate than plain fine-tuning; at plain's 0.1 the fitted head's
+  gradients undid the distillation and LP-FT scored below the probe it started from).
 - joint: the teacher in the loop, L = CE + w (D_labelled + D_unlabelled), with each distilled arm's own teacher
   (the random-teacher student keeps its random teacher); scratch arms have no teacher and train plainly.
 - lpft-joint: both.
@@ -163,6 +165,8 @@ def main() -> None:
                         help="Fine-tuning protocol(s) of every arm; several: chosen per seed and arm on validation.")
     parser.add_argument("--head-epochs", type=int, default=0,
                         help="lpft protocols: head-only SGD epochs after the probe head (0: the probe head only).")
+    parser.add_argument("--lpft-lr", type=float, default=0.1,
+                        help="lpft protocols: the learning rate once everything trains (plain keeps 0.1).")
     parser.add_argument("--in-loop-weight", type=float, default=1.0, help="w of the joint protocols.")
     parser.add_argument("--in-loop-views", type=int, default=2, help="Stored views per image (joint protocols).")
     parser.add_argument("--width", type=float, default=0.25)
@@ -251,6 +255,8 @@ def finetune_arm(args: argparse.Namespace, arm: str, seed: int, fraction: float,
     if arm.startswith("scratch"):  # no teacher to keep in the loop: joint is plain, lpft-joint lpft for them
         protocol = {"joint": "plain", "lpft-joint": "lpft"}.get(protocol, protocol)
     suffix = "" if protocol == "plain" else f"-{protocol}"
+    lr = args.lpft_lr if protocol.startswith("lpft") else 0.1
+    suffix += "" if lr == 0.1 else f"-lr{lr:g}"  # runs at another rate never read back as these
     run_dir = args.work / arm / f"seed{seed}" / f"finetune-{fraction:g}{suffix}"
     done = run_dir / "summary.json"
     arm_epochs = epochs
@@ -263,13 +269,13 @@ def finetune_arm(args: argparse.Namespace, arm: str, seed: int, fraction: float,
         start = time.time()
         init = None if arm.startswith("scratch") else str(args.work / arm / f"seed{seed}" / "distill")
         ft = FinetuneRun(init=init, student=ModelSection("resnet18_cifar", args.width), data=labelled,
-                         optim=OptimConfig(lr=0.1, nesterov=True), trainer=trainer(arm_epochs, seed),
+                         optim=OptimConfig(lr=lr, nesterov=True), trainer=trainer(arm_epochs, seed),
                          **protocol_changes(args, protocol, arm, arm_epochs))
         with held(args.lock):
             metrics = run_finetune(ft, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
         write_json(done, {"top1": metrics["test/top1"], "val_top1": metrics.get("val/top1"),
                           "seconds": time.time() - start, "epochs": arm_epochs, "seed": seed,
-                          "protocol": protocol})
+                          "protocol": protocol, "lr": lr})
     summary = json.loads(done.read_text())
     print(f"  {arm:>13} {100 * fraction:g} % seed {seed} {protocol}: val top-1 {100 * summary['val_top1']:.2f} %",
           flush=True)
