@@ -167,7 +167,7 @@ def test_a_hard_kill_inside_a_stage_is_credited_up_to_its_last_write(tmp_path):
     resumed = StageProgress({"teacher": 1.0, "distil": 1.0}, log=lambda _: None, record=out / TIMINGS_FILE)
     assert resumed.timings["teacher"] >= 0.2
     assert resumed.timings["distil"] == pytest.approx(last - saved[0]["running"]["began"])
-    assert resumed.timings["distil"] >= 0.4
+    assert resumed.timings["distil"] >= 0.4 - 0.01  # file times come from the kernel's coarse clock (a tick behind)
     earlier = resumed.invocations()[0]
     assert earlier["wall_s"] >= sum(earlier["stages"].values())
     resumed.run("distil", lambda: time.sleep(0.05))
