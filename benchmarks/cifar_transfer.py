@@ -71,6 +71,7 @@ FUSED_LAYERS = ["down_blocks.2", "mid_block", "up_blocks.0"]  # the three larges
 ARMS = ("scratch", "scratch-equal", *DISTILLED, *(f"{a}-random" for a in DISTILLED))
 PROBE_LAYER = "up_blocks.0"
 PROTOCOLS = ("plain", "lpft", "joint", "lpft-joint", "lp")
+FINETUNE_LR = 0.1  # every protocol's SGD rate, LP-FT's unless --lpft-lr sets its own
 
 
 def protocol_changes(args: argparse.Namespace, protocol: str, arm: str, epochs: int) -> dict:
@@ -165,8 +166,8 @@ def main() -> None:
                         help="Fine-tuning protocol(s) of every arm; several: chosen per seed and arm on validation.")
     parser.add_argument("--head-epochs", type=int, default=0,
                         help="lpft protocols: head-only SGD epochs after the probe head (0: the probe head only).")
-    parser.add_argument("--lpft-lr", type=float, default=0.1,
-                        help="lpft protocols: the learning rate once everything trains (plain keeps 0.1).")
+    parser.add_argument("--lpft-lr", type=float, default=FINETUNE_LR,
+                        help=f"lpft protocols: the learning rate once everything trains (the other protocols keep {FINETUNE_LR:g}).")
     parser.add_argument("--in-loop-weight", type=float, default=1.0, help="w of the joint protocols.")
     parser.add_argument("--in-loop-views", type=int, default=2, help="Stored views per image (joint protocols).")
     parser.add_argument("--width", type=float, default=0.25)
@@ -255,8 +256,8 @@ def finetune_arm(args: argparse.Namespace, arm: str, seed: int, fraction: float,
     if arm.startswith("scratch"):  # no teacher to keep in the loop: joint is plain, lpft-joint lpft for them
         protocol = {"joint": "plain", "lpft-joint": "lpft"}.get(protocol, protocol)
     suffix = "" if protocol == "plain" else f"-{protocol}"
-    lr = args.lpft_lr if protocol.startswith("lpft") else 0.1
-    suffix += "" if lr == 0.1 else f"-lr{lr:g}"  # runs at another rate never read back as these
+    lr = args.lpft_lr if protocol.startswith("lpft") else FINETUNE_LR
+    suffix += "" if lr == FINETUNE_LR else f"-lr{lr:g}"  # runs at another rate never read back as these
     run_dir = args.work / arm / f"seed{seed}" / f"finetune-{fraction:g}{suffix}"
     done = run_dir / "summary.json"
     arm_epochs = epochs

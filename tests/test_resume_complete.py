@@ -142,7 +142,7 @@ progress.run("teacher", lambda: time.sleep(0.2))
 
 def distil():
     (out / "distill-repfusion-seed0").mkdir()
-    time.sleep(0.4)
+    time.sleep(0.45)  # 0.4 and a margin: file times come from the kernel's coarse clock, up to a tick behind
     (out / "distill-repfusion-seed0" / "metrics.csv").write_text("step\\n1\\n")  # the stage's last write
     time.sleep(0.3)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -167,7 +167,7 @@ def test_a_hard_kill_inside_a_stage_is_credited_up_to_its_last_write(tmp_path):
     resumed = StageProgress({"teacher": 1.0, "distil": 1.0}, log=lambda _: None, record=out / TIMINGS_FILE)
     assert resumed.timings["teacher"] >= 0.2
     assert resumed.timings["distil"] == pytest.approx(last - saved[0]["running"]["began"])
-    assert resumed.timings["distil"] >= 0.4 - 0.01  # file times come from the kernel's coarse clock (a tick behind)
+    assert resumed.timings["distil"] >= 0.4
     earlier = resumed.invocations()[0]
     assert earlier["wall_s"] >= sum(earlier["stages"].values())
     resumed.run("distil", lambda: time.sleep(0.05))
