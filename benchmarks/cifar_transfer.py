@@ -57,6 +57,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import shlex
 import statistics
@@ -186,6 +187,8 @@ def main() -> None:
                         help="Cached teacher targets, this many stored views per image (fixed-t clean recipes).")
     parser.add_argument("--lock", type=Path, default=None, help="A lock file each training takes on its own.")
     args = parser.parse_args()
+    if not (math.isfinite(args.lpft_lr) and args.lpft_lr > 0):  # found before any distillation, not at the first LP-FT run an hour later
+        parser.error(f"--lpft-lr must be a positive learning rate (e.g. 0.03), not {args.lpft_lr}.")
     if not args.data.exists() or not Path(args.teacher).exists():
         print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
         return
