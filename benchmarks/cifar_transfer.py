@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--distill-epochs", type=int, default=6)
     parser.add_argument("--fractions", type=float, nargs="*", default=[0.1, 1.0],
                         help="Label fractions to fine-tune at; none: distil and probe only.")
-    parser.add_argument("--finetune-epochs", type=int, default=8, help="At 100 % labels; scaled up for fewer labels.")
+    parser.add_argument("--finetune-epochs", type=int, default=8, help="At 100 %% labels; scaled up for fewer labels.")
     parser.add_argument("--arms", nargs="+", default=["scratch", "scratch-equal", "ours", "ours-random"],
                         choices=ARMS)
     parser.add_argument("--batch", type=int, default=128)

@@ -216,3 +216,31 @@ def test_the_one_command_needs_only_the_folder(capsys):
         main(["pretrain", "--help"])
     shown = capsys.readouterr().out
     assert "[--distill.epochs EPOCHS]" in shown and "[--finetune.epochs EPOCHS]" in shown  # nothing else required
+
+
+def test_a_menu_of_fine_tuning_protocols_is_run_by_every_arm_and_chosen_on_validation(tmp_path, tiny_teacher_dir,
+                                                                                       capsys):
+    root = tmp_path / "digits"
+    write_digits(root, 12, nested=False)
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data.root", str(root), "--teacher.source", str(tiny_teacher_dir), *TINY,
+                 "--data.label_fraction", "0.5", "--data.batch_size", "16", "--finetune.protocols", "[lpft, joint]",
+                 "--run-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "x 2 fine-tuning protocols (lpft, joint; kept per arm and seed on validation)" in printed
+    result = json.loads((out / "results.json").read_text())
+    for arm in ("repfusion", "random-teacher", "scratch", "scratch-equal"):
+        ran = {"lpft", "joint"} if arm in ("repfusion", "random-teacher") else {"lpft", "plain"}  # scratch: no teacher
+        assert set(result["by_protocol"][arm]) == ran
+        for seed in range(2):
+            runs = {name: json.loads((out / f"finetune-{arm}-seed{seed}-{name}" / "results.json").read_text())
+                    for name in ran}
+            kept = result["protocols"][arm][seed]
+            assert runs[kept]["val/top1"] == max(r["val/top1"] for r in runs.values())
+            assert result["summary"][arm]["runs"][seed] == pytest.approx(runs[kept]["test/top1"])
+        assert not (out / f"finetune-{arm}-seed0").exists()
+    lpft = json.loads((out / "finetune-repfusion-seed0-lpft" / "model" / "timm" / "config.json").read_text())
+    assert lpft["architecture"] == "resnet18_cifar"
+    assert "## Fine-tuning protocol" in (out / "report.md").read_text()
+    card = (out / "finetune-repfusion-seed1-joint" / "model" / "README.md").read_text()
+    assert "protocol: joint" in card and "seed: 1" in card

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,20 +62,69 @@ def equal_compute(run: FinetuneRun, distilled: Path) -> FinetuneRun:
     return replace(run, init=None, trainer=replace(run.trainer, max_epochs=epochs))
 
 
+@dataclass(frozen=True)
+class Menu:
+    """The fine-tuning protocols (`tasks.protocols`) every arm runs on every seed, and how one is kept.
+
+    One protocol: each arm's run is `finetune-ARM-seedS/`, as it always was. Several: each arm and seed runs each
+    (`finetune-ARM-seedS-PROTOCOL/`; a scratch arm's teacher in the loop is its plain run, not run twice) and
+    the one with the best validation score (`val_score`, read off the run) is the one reported; the test split
+    never chooses, and every arm has the same menu."""
+
+    names: tuple[str, ...] = ("plain",)
+    apply: Callable[[FinetuneRun, str], FinetuneRun] = lambda run, name: run
+    val_score: Callable[[Path], float] | None = None
+    higher_is_better: bool = True
+
+    def run_dir(self, out: Path, arm: str, seed: int, protocol: str) -> Path:
+        base = out / f"finetune-{arm}-seed{seed}"
+        return base if len(self.names) == 1 else base.with_name(f"{base.name}-{protocol}")
+
+
+@dataclass
+class ArmScores:
+    """Each arm's test score per seed (of the protocol kept), the protocol kept per seed, and with several
+    protocols every protocol's validation and test scores per seed (an observation beside the choice)."""
+
+    scores: dict[str, list[float]]
+    protocols: dict[str, list[str]]
+    by_protocol: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+
+
 def finetune_arms(cfg: Any, out: Path, make_run: Callable[[Path | None, int], FinetuneRun],
-                  score: Callable[[Path], float], show: Callable[[float], str]) -> dict[str, list[float]]:
-    """Every arm on every seed, each a finished run reused on --resume; one score per run."""
-    arms: dict[str, list[float]] = {arm: [] for arm in ARMS}
+                  score: Callable[[Path], float], show: Callable[[float], str], menu: Menu = Menu()) -> ArmScores:
+    """Every arm on every seed under every protocol of `menu`, each a finished run reused on --resume; one score
+    per arm and seed, the protocol kept chosen on validation when there are several."""
+    from .tasks.protocols import chosen, effective
+
+    found = ArmScores({arm: [] for arm in ARMS}, {arm: [] for arm in ARMS})
     for seed in range(cfg.seeds):
         for arm in ARMS:
-            run_dir = out / f"finetune-{arm}-seed{seed}"
-            run = make_run(init_of(out, arm, seed), seed)
-            if arm == "scratch-equal":
-                run = equal_compute(run, distill_dir(out, "repfusion", seed))
-            run_once(run_dir / "results.json", lambda r: run_finetune(run, run_dir, r), run_dir, cfg)
-            arms[arm].append(score(run_dir))
-            print(f"   seed {seed} {arm:>14}: {show(arms[arm][-1])} ({run.trainer.max_epochs} epochs)", flush=True)
-    return arms
+            init = init_of(out, arm, seed)
+            runs: dict[str, tuple[Path, FinetuneRun]] = {}
+            for name in dict.fromkeys(effective(n, init is not None) for n in menu.names):
+                run = menu.apply(make_run(init, seed), name)
+                if arm == "scratch-equal":
+                    run = equal_compute(run, distill_dir(out, "repfusion", seed))
+                run_dir = menu.run_dir(out, arm, seed, name)
+                run_once(run_dir / "results.json", lambda r: run_finetune(run, run_dir, r), run_dir, cfg)
+                runs[name] = run_dir, run
+            kept = next(iter(runs))
+            if len(menu.names) > 1:
+                assert menu.val_score is not None, "several protocols need a validation score to choose by"
+                val = {name: menu.val_score(run_dir) for name, (run_dir, _) in runs.items()}
+                kept = chosen(val, menu.higher_is_better)
+                for name, (run_dir, _) in runs.items():
+                    seen = found.by_protocol.setdefault(arm, {}).setdefault(name, {"val": [], "test": []})
+                    seen["val"].append(val[name])
+                    seen["test"].append(score(run_dir))
+            run_dir, run = runs[kept]
+            found.scores[arm].append(score(run_dir))
+            found.protocols[arm].append(kept)
+            said = f", protocol {kept} (validation)" if len(menu.names) > 1 else ""
+            print(f"   seed {seed} {arm:>14}: {show(found.scores[arm][-1])} ({run.trainer.max_epochs} epochs{said})",
+                  flush=True)
+    return found
 
 
 def compare_arms(arms: dict[str, list[float]], metric: str, higher_is_better: bool = True,

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import resource
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .arms import TEACHERS, compare_arms, distill_arms, finetune_arms, results_table, verdict
+from .arms import TEACHERS, Menu, compare_arms, distill_arms, finetune_arms, results_table, verdict
+from .errors import RepFusionError
 from .tasks.registry import TASKS
 
 if TYPE_CHECKING:
@@ -50,6 +51,19 @@ class TaskMetric:
         """The metric of a finished fine-tune, from its results.json."""
         return float(json.loads((run_dir / "results.json").read_text())[self.key])
 
+    @property
+    def val_key(self) -> str:
+        """The validation split's value of the same metric (what a choice between runs may read)."""
+        return "val/" + self.key.removeprefix("test/")
+
+    def read_val(self, run_dir: Path) -> float:
+        """The kept weights' validation score of a finished fine-tune, from its results.json."""
+        results = json.loads((run_dir / "results.json").read_text())
+        if self.val_key not in results:
+            raise RepFusionError(f"{run_dir} has no validation score ({self.val_key}) to choose a protocol by; "
+                                 "give the fine-tunes a validation split (data.val_fraction > 0).")
+        return float(results[self.val_key])
+
 
 # one per task of `tasks.TASKS`, its key the test split's value of the task's monitor (tests/test_experiment.py)
 METRICS = {
@@ -71,7 +85,9 @@ class Experiment:
     distill: (teacher.init, seed) -> that distillation's config; finetune: (the distilled folder to start from,
     None for the scratch arms; seed) -> that fine-tune's config. compare: False for a label-free run: one
     distillation, from the trained teacher, and nothing fine-tuned or compared. fraction: the label fraction
-    the paired entries record (None: not recorded). `seeds` and `resume` are what `arms` reads."""
+    the paired entries record (None: not recorded). `seeds` and `resume` are what `arms` reads. protocols:
+    the fine-tuning protocols every arm runs (`tasks.protocols`), several chosen between per seed and arm on the
+    validation split; `apply(run, name)` gives a fine-tune's config under one (the caller's protocol settings)."""
 
     task: str
     out: Path
@@ -81,9 +97,16 @@ class Experiment:
     finetune: Callable[[Path | None, int], FinetuneRun]
     compare: bool = True
     fraction: float | None = None
+    protocols: tuple[str, ...] = ("plain",)
+    apply: Callable[[FinetuneRun, str], FinetuneRun] = lambda run, name: run
 
     def __post_init__(self) -> None:
         task_metric(self.task)  # an unknown task stops here, before anything runs
+
+    @property
+    def menu(self) -> Menu:
+        metric = self.metric
+        return Menu(self.protocols, self.apply, metric.read_val, metric.higher_is_better)
 
     @property
     def metric(self) -> TaskMetric:
@@ -92,13 +115,17 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Every arm's runs, their summary (mean, std, runs) and the seed-paired differences with one verdict."""
+    """Every arm's runs, their summary (mean, std, runs) and the seed-paired differences with one verdict;
+    the fine-tuning protocol kept per arm and seed, and with several protocols each one's validation and test
+    scores per arm and seed (`arms.ArmScores`)."""
 
     metric: TaskMetric
     arms: dict[str, list[float]]
     summary: dict[str, dict[str, Any]]
     pairs: list[dict]
     verdict: str
+    protocols: dict[str, list[str]] = field(default_factory=dict)
+    by_protocol: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
 
     def table(self, more_pairs: list[dict] | None = None) -> str:
         """The arms and the paired rows (and `more_pairs`, a caller's own paired entries) as Markdown."""
@@ -119,10 +146,10 @@ def run_arms(exp: Experiment, stage: Stage, distill_stage: str, finetune_stage: 
     if not exp.compare:
         return None
     metric = exp.metric
-    arms: dict[str, list[float]] = stage(finetune_stage, lambda: finetune_arms(exp, exp.out, exp.finetune,
-                                                                                metric.read, metric.shown))
-    summary, pairs = compare_arms(arms, metric.paired, metric.higher_is_better, exp.fraction)
-    return Comparison(metric, arms, summary, pairs, verdict(pairs))
+    found = stage(finetune_stage, lambda: finetune_arms(exp, exp.out, exp.finetune, metric.read, metric.shown,
+                                                        exp.menu))
+    summary, pairs = compare_arms(found.scores, metric.paired, metric.higher_is_better, exp.fraction)
+    return Comparison(metric, found.scores, summary, pairs, verdict(pairs), found.protocols, found.by_protocol)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from torch import nn
 from .errors import RepFusionError
 from .model_card import (UNKNOWN_LICENSE, command_line, plain, read_model_card, update_model_card_metrics,
                          write_model_card)
+from .tasks.protocols import PROTOCOLS
 from .torchvision_keys import TIMM_FOLDER, backbone_of, write_timm_folder, write_torchvision_weights
 
 KNOWN_LICENSES = {  # as the teachers' Hub cards state (license: in their front matter)
@@ -32,7 +33,8 @@ KNOWN_LICENSES = {  # as the teachers' Hub cards state (license: in their front 
     "google/ddpm-celebahq-256": "apache-2.0",
     "google/ddpm-ema-celebahq-256": "apache-2.0",
 }
-ARM_RUN = re.compile(r"finetune-(?P<arm>.+)-seed(?P<seed>[0-9]+)")
+# a pipeline fine-tune's folder; with several fine-tuning protocols each run's name ends in its protocol
+ARM_RUN = re.compile(r"finetune-(?P<arm>.+)-seed(?P<seed>[0-9]+)(?:-(?P<protocol>" + "|".join(PROTOCOLS) + "))?")
 
 
 def _is_local(source: str) -> bool:
@@ -248,7 +250,8 @@ def pretrain_cards(out: Path, teacher: str | None, metrics: list[dict[str, Any]]
             continue
         match = ARM_RUN.fullmatch(run_dir.name)
         assert match is not None
-        facts = {"arm": match["arm"], "seed": int(match["seed"])}
+        facts = {"arm": match["arm"], "seed": int(match["seed"]), **({"protocol": match["protocol"]}
+                                                                      if match["protocol"] else {})}
         if isinstance(card.get("teacher"), dict) and teacher:
             facts["teacher"] = {"source": shown_path(teacher, run_dir)}
         update_model_card_metrics(model, named, facts=facts)

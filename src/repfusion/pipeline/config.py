@@ -15,6 +15,7 @@ from ..data import DataConfig
 from ..errors import RepFusionError
 from ..jsondata import JSONValue
 from ..section import Section, finite_number, whole_number
+from ..tasks.protocols import LPFT_LR, ProtocolSettings, check_protocols
 from ..training import TrainerConfig
 
 PIPELINE_PRESETS = ("tiny-16", "small-32")  # the DDPMs the pipeline trains itself when no teacher is given
@@ -159,6 +160,29 @@ class FinetuneBudget(StageBudget):
     head_epochs: int = 0
     backbone_lr_scale: float = 1.0
     teacher_in_loop: float = 0.0
+    # several: every arm runs each (`tasks.protocols`: plain, lpft, lp, joint) and per seed and arm the one with the
+    # best validation top-1 is reported; the fields above then stay at their defaults (a menu entry replaces them)
+    protocols: list[str] = field(default_factory=lambda: ["plain"])
+    lpft_lr: float = LPFT_LR  # lpft: the rate once everything trains (plain keeps finetune.lr)
+    joint_weight: float = 1.0  # joint: w of the distillation term kept in the loss
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.protocols = list(check_protocols(self.protocols, f"{self.KEY}.protocols"))
+        try:
+            ProtocolSettings(self.lpft_lr, self.joint_weight)
+        except RepFusionError as err:
+            raise RepFusionError(f"{self.KEY}.{err}") from None
+        by_hand = [key for key, default in (("head_init", "random"), ("head_epochs", 0), ("teacher_in_loop", 0.0))
+                   if getattr(self, key) != default]
+        if self.protocols != ["plain"] and by_hand:
+            raise RepFusionError(f"Give the fine-tuning protocol either as {self.KEY}.protocols or by "
+                                 f"{self.KEY}.{by_hand[0]}, not both: {self.protocols} already names what each run "
+                                 "does (lpft: a probe head, lp: the probe kept, joint: the teacher in the loop).")
+
+    @property
+    def settings(self) -> ProtocolSettings:
+        return ProtocolSettings(self.lpft_lr, self.joint_weight)
 
 
 @dataclass

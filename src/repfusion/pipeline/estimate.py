@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..analysis.controls import steps_per_epoch
 from ..data.augment import Augment
 from ..students import build_student
+from ..tasks.protocols import effective
 from ..teachers import DiffusionTeacher, model_pixels
 from .config import PretrainRun
 from .inspect import DataFacts, unlabeled_view
@@ -384,13 +385,17 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
         student_step = step - loop - ft_batch * train_read  # the teacher in the loop adds a second student pass
         ft_epoch_cost, ft_run, ft_pass = (clocked.epoch, clocked.run, clocked.eval_pass) if clocked else (
             epoch_cost, run, 0.0)
-        in_loop = (2 * (times.teacher_forward * ft_batch / batch + student_step) if cfg.finetune.teacher_in_loop
-                   else 0.0)
-        # per seed: scratch, RepFusion, random-teacher student (the two distilled with the teacher in the loop if
-        # asked), and equal-compute scratch, which adds the distillation's steps to its own as extra epochs
-        per_ft_epoch = seeds * (ft_steps * (4 * step + in_loop) + 4 * ft_epoch_cost)
+        protocols = cfg.finetune.protocols
+        joint = cfg.finetune.teacher_in_loop or "joint" in protocols
+        in_loop = 2 * (times.teacher_forward * ft_batch / batch + student_step) if joint else 0.0
+        # per seed and protocol: scratch, RepFusion, random-teacher student (the two distilled with the teacher in
+        # the loop if asked), and equal-compute scratch, which adds the distillation's steps to its own as extra
+        # epochs; a scratch arm's joint is its plain run (not run twice); lp is counted as a whole fine-tune
+        distilled, scratch = len(protocols), len({effective(name, False) for name in protocols})
+        runs = 2 * distilled + 2 * scratch
+        per_ft_epoch = seeds * (ft_steps * (runs * step + in_loop) + runs * ft_epoch_cost)
         extra_epochs = distill_steps * cfg.distill.epochs / ft_steps
-        equal_extra = seeds * extra_epochs * (ft_steps * step + ft_epoch_cost)
+        equal_extra = scratch * seeds * extra_epochs * (ft_steps * step + ft_epoch_cost)
         epochs = cfg.finetune.epochs + cfg.finetune.head_epochs
         # finetune_config's validation interval, then three more: the average and the raw weights compared
         # (ema.keep_better) and the kept ones scored
@@ -399,6 +404,6 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
             student_look + read)
         per_epoch["finetune.epochs"] = per_ft_epoch
         per_epoch["distill.epochs"] += equal_extra / max(1, cfg.distill.epochs)
-        plan["fine-tune the arms"] = per_ft_epoch * epochs + equal_extra + 4 * seeds * per_run
+        plan["fine-tune the arms"] = per_ft_epoch * epochs + equal_extra + runs * seeds * per_run
     plan["report"] = 0.0
     return plan, per_epoch

@@ -27,6 +27,27 @@ def probe_knn_words(probe: dict[str, list[dict[str, Any]]]) -> str:
     return "; ".join(words) or "none"
 
 
+def protocol_section(result: dict[str, Any]) -> list[str]:
+    """With several fine-tuning protocols: which one each arm kept per seed, and every protocol's mean validation
+    and test top-1 per arm (the test column an observation: only the validation one chose)."""
+    by_protocol = result.get("by_protocol")
+    if not by_protocol:
+        return []
+    names = list(dict.fromkeys(name for arm in by_protocol.values() for name in arm))
+
+    def means(arm: dict[str, dict[str, list[float]]], split: str) -> str:
+        return ", ".join(f"{name} {100 * sum(arm[name][split]) / len(arm[name][split]):.2f}" if name in arm
+                         else f"{name} -" for name in names)
+
+    rows = [f"| {arm} | {', '.join(result['protocols'][arm])} | {means(runs, 'val')} | {means(runs, 'test')} |"
+            for arm, runs in by_protocol.items()]
+    return ["## Fine-tuning protocol", "",
+            f"Every arm ran each of {', '.join(names)} on every seed (a scratch arm's teacher in the loop is its plain "
+            "run); the one with the best validation top-1 is the one in the table above, the test split never "
+            "chose. Mean top-1 (%) per protocol:", "",
+            "| arm | kept, per seed | validation | test |", "|---|---|---|---|", *rows, ""]
+
+
 def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
     data, facts, choice = result["data"], result["data"]["facts"], result["choice"]
     where = data.get("root") or data["source"]
@@ -53,6 +74,7 @@ def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
                   "repfusion, and random-teacher (the same recipe from a random-weight teacher of the same "
                   "architecture: repfusion - random-teacher is what the diffusion model's knowledge adds).", "",
                   results_table(summary, result["paired"]), "", result["verdict"], "", "![accuracy](accuracy.png)", "",
+                  *protocol_section(result),
                   "## What the frozen backbones know", "",
                   "Linear probe and k-NN on pooled features, fitted on the labelled training images, scored on the "
                   "validation split, before fine-tuning (one value per seed); k-NN: "

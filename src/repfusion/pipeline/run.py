@@ -33,6 +33,8 @@ from ..io import replace_dir, staging_dir, write_json
 from ..section import whole_number
 from ..students import check_student
 from ..tasks.finetune import FinetuneRun, ModelSection
+from ..tasks.classification import check_probe_head
+from ..tasks.protocols import apply as apply_protocol
 from ..tasks.teacher_in_loop import TeacherInLoopSection
 from ..teachers import DiffusionTeacher
 from ..teachers import load_teacher as teacher_from_source
@@ -222,6 +224,8 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     check_choice(cfg.choice, shape)
     arch = cfg.student.arch or default_arch(data.image_size)
     labelled = facts.labelled
+    if labelled and (cfg.finetune.head_init == "probe" or {"lpft", "lp"} & set(cfg.finetune.protocols)):
+        check_probe_head(arch, cfg.student.width or 1.0)  # told now, not after the teacher and the distillations
     if labelled and cfg.seeds < 2:
         raise RepFusionError(f"seeds must be at least 2 for a confidence interval, not {cfg.seeds}.")
     wanted = settings(cfg)  # what the user asked; the budget fills the rest
@@ -229,8 +233,10 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     saved = json.loads((out / BUDGET_FILE).read_text()) if resume and (out / BUDGET_FILE).is_file() else None
     cfg, budget, estimate_s, at_layer = estimate(cfg, facts, data, shape, arch, given is None, labelled, saved)
     print("\n".join(["Data:"] + [f"   {line}" for line in facts.lines()]))
+    protocols = cfg.finetune.protocols
+    menu = f" x {len(protocols)} fine-tuning protocols ({', '.join(protocols)}; kept per arm and seed on validation)"
     print(f"Teacher: {given or f'a {preset} DDPM trained here on the images, no labels'}; student {arch} at width "
-          f"{cfg.student.width}; {'4 arms x ' + str(cfg.seeds) + ' seeds at ' + format(100 * data.label_fraction, 'g') + ' % labels' if labelled else 'label-free: distillation and export only'}")
+          f"{cfg.student.width}; {'4 arms x ' + str(cfg.seeds) + ' seeds at ' + format(100 * data.label_fraction, 'g') + ' % labels' + (menu if len(protocols) > 1 else '') if labelled else 'label-free: distillation and export only'}")
     print(f"Budget: {budget.line()}")
     print(f"Estimate: about {clock(sum(estimate_s.values()))} in all on this machine ("
           + ", ".join(f"{name} {clock(s)}" for name, s in estimate_s.items() if s >= 0.5)
@@ -278,7 +284,8 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     experiment = Experiment(
         "classification", out, cfg.seeds, resume, compare=labelled, fraction=data.label_fraction,
         distill=lambda init, seed: distill_config(cfg, data, source, arch, choice, init, seed, native),
-        finetune=lambda init, seed: finetune_config(cfg, data, arch, init, seed))
+        finetune=lambda init, seed: finetune_config(cfg, data, arch, init, seed),
+        protocols=tuple(cfg.finetune.protocols), apply=lambda run, name: apply_protocol(run, name, cfg.finetune.settings))
     probe: dict[str, Any] = {}
 
     def on_the_backbones() -> None:  # between the distillations and the fine-tunes
@@ -292,7 +299,9 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
                               "teacher": source, "student": {"arch": arch, "width": cfg.student.width}}
     if compared is not None:
         result.update(summary=compared.summary, paired=compared.pairs + probe["paired"], probe=probe["runs"],
-                      verdict=compared.verdict)
+                      verdict=compared.verdict, protocols=compared.protocols)
+        if compared.by_protocol:
+            result["by_protocol"] = compared.by_protocol
     result.update(budget=budget_record(budget), estimate_s=estimate_s, estimate_after_choice_s=replanned,
                   timings_s=progress.timings,
                   wall_s=progress.wall_s(), invocations=progress.invocations(), config=settings(cfg),

@@ -192,6 +192,21 @@ def recalibrate_batchnorm(model: nn.Module, dataset: torch.utils.data.Dataset, n
         model.train(was_training)
 
 
+def probe_head(model: nn.Module) -> nn.Linear:
+    """The head a probe is fitted into: one linear layer named fc (the built-in ResNets, timm's and torchvision's)."""
+    head = getattr(model, "fc", None)
+    if not isinstance(head, nn.Linear):
+        raise RepFusionError("head_init probe (and the lpft and lp protocols) needs a network whose head is one linear "
+                             "layer named fc (the built-in ResNets); use head_init random or head_epochs for this "
+                             "network.")
+    return head
+
+
+def check_probe_head(arch: str, width: float) -> None:
+    """Before anything trains: whether `arch` has the head a probe is fitted into (built once, random weights)."""
+    probe_head(build_student(arch, width, num_classes=2))
+
+
 @torch.no_grad()
 def fit_probe_head(model: nn.Module, dataset: torch.utils.data.Dataset, normalize: nn.Module,
                    device: torch.device, batch_size: int = 64, strength: float = 0.1, max_iter: int = 1000,
@@ -211,10 +226,7 @@ def fit_probe_head(model: nn.Module, dataset: torch.utils.data.Dataset, normaliz
     from ..data.device_data import pool_images, pool_labels
     from ..features import FeatureTap, pooled
 
-    head = getattr(model, "fc", None)
-    if not isinstance(head, nn.Linear):
-        raise RepFusionError("head_init probe needs a network whose head is one linear layer named fc (the built-in "
-                             "ResNets); use head_init random or head_epochs for this network.")
+    head = probe_head(model)
     was_training = model.training
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     tracking = [m.track_running_stats for m in norms]

@@ -1,0 +1,119 @@
+"""Fine-tuning protocols chosen on validation (issue 23): each a change to a fine-tune's config, the same menu for
+every arm, the kept one the validation split's best, a scratch arm's teacher in the loop its plain run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from repfusion import arms
+from repfusion.errors import RepFusionError
+from repfusion.experiment import Plan
+from repfusion.pipeline.config import FinetuneBudget
+from repfusion.tasks.finetune import FinetuneRun
+from repfusion.tasks.protocols import ProtocolSettings, apply, check_protocols, chosen, effective
+from repfusion.training import OptimConfig, TrainerConfig
+
+
+def plain_run(init: str | None = "distilled") -> FinetuneRun:
+    return FinetuneRun(init=init, optim=OptimConfig(lr=0.1, nesterov=True), trainer=TrainerConfig(max_epochs=7))
+
+
+def test_each_protocol_changes_only_what_it_names():
+    run = plain_run()
+    assert apply(run, "plain") == run
+    lpft = apply(run, "lpft", ProtocolSettings(lpft_lr=0.02))
+    assert (lpft.head_init, lpft.optim.lr, lpft.head_epochs, lpft.teacher_in_loop.weight) == ("probe", 0.02, 0, 0.0)
+    assert lpft.optim.nesterov and lpft.trainer == run.trainer
+    lp = apply(run, "lp")
+    assert (lp.head_init, lp.head_epochs, lp.optim.lr) == ("probe", 7, 0.1)  # the head alone, every epoch
+    joint = apply(run, "joint", ProtocolSettings(joint_weight=0.5))
+    assert joint.teacher_in_loop.weight == 0.5 and joint.head_init == "random" and joint.optim == run.optim
+
+
+def test_a_scratch_run_has_no_teacher_so_its_joint_is_plain():
+    assert effective("joint", has_teacher=False) == "plain" and effective("joint", has_teacher=True) == "joint"
+    assert effective("lpft", has_teacher=False) == "lpft"
+    scratch = plain_run(init=None)
+    assert apply(scratch, "joint") == scratch
+
+
+def test_the_kept_protocol_is_the_best_on_validation_and_a_tie_goes_to_the_first_named():
+    assert chosen({"plain": 0.30, "lpft": 0.35, "joint": 0.33}) == "lpft"
+    assert chosen({"lpft": 0.30, "plain": 0.30}) == "lpft"
+    assert chosen({"plain": 0.08, "lpft": 0.06}, higher_is_better=False) == "lpft"  # NME: lower is better
+
+
+@pytest.mark.parametrize("names, words", [(["plain", "lora"], "unknown protocol 'lora'"),
+                                          (["lpft", "lpft"], "names a protocol twice"),
+                                          ([], "one or more of plain, lpft, lp, joint"),
+                                          ("lpft", "must be a list")])
+def test_a_bad_menu_is_one_sentence(names, words):
+    with pytest.raises(RepFusionError, match=words):
+        check_protocols(names, "finetune.protocols")
+
+
+def test_the_pipeline_section_refuses_a_menu_beside_a_protocol_given_by_hand():
+    assert FinetuneBudget(protocols=["plain", "lpft"]).protocols == ["plain", "lpft"]
+    with pytest.raises(RepFusionError, match="either as finetune.protocols or by finetune.head_init, not both"):
+        FinetuneBudget(protocols=["plain", "lpft"], head_init="probe")
+    with pytest.raises(RepFusionError, match="finetune.lpft_lr must be a positive learning rate"):
+        FinetuneBudget(lpft_lr=0.0)
+    with pytest.raises(RepFusionError, match="finetune.joint_weight must be a positive number"):
+        FinetuneBudget(joint_weight=float("nan"))
+    FinetuneBudget(head_init="probe")  # one protocol by hand, as before
+
+
+def fake_finetunes(monkeypatch, out: Path, val_of: dict[tuple[str, str], float]) -> list[tuple[str, str]]:
+    """run_finetune replaced by one writing results.json: validation by (arm, protocol), test = 1 - validation,
+    so a choice made on the test split would pick the other protocol."""
+    ran: list[tuple[str, str]] = []
+
+    def run_finetune(cfg, run_dir, resume):
+        arm = run_dir.name.split("-seed")[0].removeprefix("finetune-")
+        protocol = ("lpft" if cfg.head_init == "probe" else "joint" if cfg.teacher_in_loop.enabled else "plain")
+        ran.append((arm, protocol))
+        val = val_of[(arm, protocol)]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "results.json").write_text(json.dumps({"val/top1": val, "test/top1": 1 - val}))
+        return {}
+
+    monkeypatch.setattr(arms, "run_finetune", run_finetune)
+    monkeypatch.setattr(arms, "equal_compute", lambda run, distilled: run)
+    return ran
+
+
+def test_every_arm_runs_the_menu_and_keeps_its_best_validation_run(tmp_path, monkeypatch):
+    val_of = {("repfusion", "lpft"): 0.6, ("repfusion", "joint"): 0.5, ("random-teacher", "lpft"): 0.3,
+              ("random-teacher", "joint"): 0.4, ("scratch", "lpft"): 0.2, ("scratch", "plain"): 0.25,
+              ("scratch-equal", "lpft"): 0.35, ("scratch-equal", "plain"): 0.3}
+    ran = fake_finetunes(monkeypatch, tmp_path, val_of)
+    menu = arms.Menu(("lpft", "joint"), lambda run, name: apply(run, name),
+                     lambda run_dir: json.loads((run_dir / "results.json").read_text())["val/top1"])
+    found = arms.finetune_arms(Plan(1, False), tmp_path, lambda init, seed: plain_run(init and str(init)),
+                               lambda run_dir: json.loads((run_dir / "results.json").read_text())["test/top1"],
+                               lambda value: f"{value:.2f}", menu)
+    # a scratch arm's joint is its plain run, run once; every other arm runs each protocol once
+    assert sorted(ran) == sorted(val_of)
+    assert (tmp_path / "finetune-scratch-seed0-plain").is_dir() and not (tmp_path / "finetune-scratch-seed0-joint").exists()
+    assert (tmp_path / "finetune-repfusion-seed0-joint").is_dir()
+    assert found.protocols == {"scratch": ["plain"], "scratch-equal": ["lpft"], "repfusion": ["lpft"],
+                               "random-teacher": ["joint"]}
+    assert found.scores["repfusion"] == [pytest.approx(0.4)] and found.scores["random-teacher"] == [pytest.approx(0.6)]
+    assert found.by_protocol["repfusion"]["joint"] == {"val": [0.5], "test": [pytest.approx(0.5)]}
+    # rerun: every finished run is read back, nothing trains again
+    ran.clear()
+    again = arms.finetune_arms(Plan(1, True), tmp_path, lambda init, seed: plain_run(init and str(init)),
+                               lambda run_dir: json.loads((run_dir / "results.json").read_text())["test/top1"],
+                               lambda value: f"{value:.2f}", menu)
+    assert ran == [] and again.protocols == found.protocols
+
+
+def test_one_protocol_keeps_the_run_folders_it_always_had(tmp_path, monkeypatch):
+    ran = fake_finetunes(monkeypatch, tmp_path, {(arm, "plain"): 0.5 for arm in arms.ARMS})
+    found = arms.finetune_arms(Plan(1, False), tmp_path, lambda init, seed: plain_run(init and str(init)),
+                               lambda run_dir: 0.5, lambda value: "", arms.Menu())
+    assert len(ran) == 4 and (tmp_path / "finetune-repfusion-seed0").is_dir() and found.by_protocol == {}
+    assert found.protocols["repfusion"] == ["plain"]
