@@ -194,6 +194,20 @@ class DemoData:
 
 
 @dataclass
+class DemoFinetune:
+    """finetune.protocols: the fine-tuning protocols every arm runs (plain, lpft, lp, joint; several: the best on
+    validation kept per seed and arm; null: the demo's own, plain). Classification only."""
+
+    protocols: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocols is not None:
+            from .tasks.protocols import check_protocols
+
+            check_protocols(self.protocols, "finetune.protocols")
+
+
+@dataclass
 class Progress:
     """trainer.progress: progress bars (or lines, off a terminal)."""
 
@@ -213,12 +227,16 @@ class DemoRun:
     task: str = "classification"
     seeds: int | None = None
     data: DemoData = field(default_factory=DemoData)
+    finetune: DemoFinetune = field(default_factory=DemoFinetune)
     labelled: int | None = None
     quick: bool = False
     trainer: Progress = field(default_factory=Progress)
 
     def __post_init__(self) -> None:
         _one_of(self.task, DEMO_TASKS, "task")
+        if self.task != "classification" and self.finetune.protocols not in (None, ["plain"]):
+            raise RepFusionError(f"--finetune.protocols applies to the classification demo; the {self.task} demo "
+                                 "fine-tunes plainly (drop the flag or use --task classification).")
 
 
 @dataclass
