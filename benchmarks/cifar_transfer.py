@@ -75,19 +75,23 @@ PROTOCOLS = ("plain", "lpft", "joint", "lpft-joint", "lp")
 FINETUNE_LR = 0.1  # every protocol's SGD rate, LP-FT's unless --lpft-lr sets its own
 
 
-def protocol_changes(args: argparse.Namespace, protocol: str, arm: str, epochs: int) -> dict:
-    """FinetuneRun fields of one protocol for one arm of `epochs` epochs (scratch arms have no teacher to keep
-    in the loop)."""
-    from repfusion.tasks.teacher_in_loop import TeacherInLoopSection
+def with_protocol(args: argparse.Namespace, run, protocol: str):
+    """`run` (plain) under one protocol of this benchmark: the library's (`repfusion.tasks.protocols`: lpft at
+    --lpft-lr, lp, joint at --in-loop-weight), lpft-joint both, plus this benchmark's --head-epochs for lpft and
+    --in-loop-views for joint. A scratch arm has no teacher: the library makes its joint plain."""
+    import dataclasses
 
-    changes: dict = {}
+    from repfusion.tasks.protocols import ProtocolSettings, apply
+
+    settings = ProtocolSettings(lpft_lr=args.lpft_lr, joint_weight=args.in_loop_weight)
+    for part in protocol.split("-"):
+        run = apply(run, part, settings)
     if protocol.startswith("lpft"):
-        changes["head_init"], changes["head_epochs"] = "probe", args.head_epochs
-    if protocol == "lp":
-        changes["head_init"], changes["head_epochs"] = "probe", epochs
-    if protocol.endswith("joint") and not arm.startswith("scratch"):
-        changes["teacher_in_loop"] = TeacherInLoopSection(weight=args.in_loop_weight, views=args.in_loop_views)
-    return changes
+        run = dataclasses.replace(run, head_epochs=args.head_epochs)
+    if run.teacher_in_loop.enabled:
+        run = dataclasses.replace(run, teacher_in_loop=dataclasses.replace(run.teacher_in_loop,
+                                                                           views=args.in_loop_views))
+    return run
 
 
 def seed_list(args: argparse.Namespace) -> list[int]:
@@ -272,9 +276,10 @@ def finetune_arm(args: argparse.Namespace, arm: str, seed: int, fraction: float,
     if not done.exists():
         start = time.time()
         init = None if arm.startswith("scratch") else str(args.work / arm / f"seed{seed}" / "distill")
-        ft = FinetuneRun(init=init, student=ModelSection("resnet18_cifar", args.width), data=labelled,
-                         optim=OptimConfig(lr=lr, nesterov=True), trainer=trainer(arm_epochs, seed),
-                         **protocol_changes(args, protocol, arm, arm_epochs))
+        ft = with_protocol(args, FinetuneRun(init=init, student=ModelSection("resnet18_cifar", args.width),
+                                             data=labelled, optim=OptimConfig(lr=FINETUNE_LR, nesterov=True),
+                                             trainer=trainer(arm_epochs, seed)), protocol)
+        assert ft.optim.lr == lr, (ft.optim.lr, lr)  # the rate its folder is named by
         with held(args.lock):
             metrics = run_finetune(ft, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
         write_json(done, {"top1": metrics["test/top1"], "val_top1": metrics.get("val/top1"),
