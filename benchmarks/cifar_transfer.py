@@ -83,7 +83,8 @@ def with_protocol(args: argparse.Namespace, run, protocol: str):
 
     from repfusion.tasks.protocols import ProtocolSettings, apply
 
-    settings = ProtocolSettings(lpft_lr=args.lpft_lr, joint_weight=args.in_loop_weight)
+    settings = ProtocolSettings(lpft_lr=args.lpft_lr,  # the weight is read (and checked by the parser) for joint only
+                                joint_weight=args.in_loop_weight if protocol.endswith("joint") else 1.0)
     for part in protocol.split("-"):
         run = apply(run, part, settings)
     if protocol.startswith("lpft"):
@@ -193,6 +194,9 @@ def main() -> None:
     args = parser.parse_args()
     if not (math.isfinite(args.lpft_lr) and args.lpft_lr > 0):  # found before any distillation, not at the first LP-FT run an hour later
         parser.error(f"--lpft-lr must be a positive learning rate (e.g. 0.03), not {args.lpft_lr}.")
+    if any(p.endswith("joint") for p in args.protocol) and not (math.isfinite(args.in_loop_weight)
+                                                                 and args.in_loop_weight > 0):
+        parser.error(f"--in-loop-weight must be positive for a joint protocol (e.g. 1.0), not {args.in_loop_weight}.")
     if not args.data.exists() or not Path(args.teacher).exists():
         print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
         return

@@ -244,3 +244,14 @@ def test_a_menu_of_fine_tuning_protocols_is_run_by_every_arm_and_chosen_on_valid
     assert "## Fine-tuning protocol" in (out / "report.md").read_text()
     card = (out / "finetune-repfusion-seed1-joint" / "model" / "README.md").read_text()
     assert "protocol: joint" in card and "seed: 1" in card
+
+
+def test_a_menu_without_a_validation_split_is_refused_before_anything_is_written(tmp_path, tiny_teacher_dir, capsys):
+    root = tmp_path / "digits"
+    write_digits(root, 6, nested=False)
+    out = tmp_path / "run"
+    assert main(["pretrain", "--data.root", str(root), "--teacher.source", str(tiny_teacher_dir), *TINY,
+                 "--data.label_fraction", "0.5", "--data.val_fraction", "0", "--finetune.protocols", "[plain, lpft]",
+                 "--run-dir", str(out)]) == 1
+    assert "data.val_fraction is 0 (the test split would choose)" in capsys.readouterr().err
+    assert not out.exists()

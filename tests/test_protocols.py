@@ -117,3 +117,37 @@ def test_one_protocol_keeps_the_run_folders_it_always_had(tmp_path, monkeypatch)
                                lambda run_dir: 0.5, lambda value: "", arms.Menu())
     assert len(ran) == 4 and (tmp_path / "finetune-repfusion-seed0").is_dir() and found.by_protocol == {}
     assert found.protocols["repfusion"] == ["plain"]
+
+
+def test_the_equal_compute_arm_is_stretched_before_its_protocol_so_lp_stays_a_probe(tmp_path, monkeypatch):
+    import dataclasses
+
+    seen: list[FinetuneRun] = []
+
+    def run_finetune(cfg, run_dir, resume):
+        seen.append(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "results.json").write_text(json.dumps({"val/top1": 0.5, "test/top1": 0.5}))
+
+    monkeypatch.setattr(arms, "run_finetune", run_finetune)
+    monkeypatch.setattr(arms, "equal_compute", lambda run, distilled: dataclasses.replace(
+        run, init=None, trainer=dataclasses.replace(run.trainer, max_epochs=run.trainer.max_epochs + 20)))
+    arms.finetune_arms(Plan(1, False), tmp_path, lambda init, seed: plain_run(init and str(init)), lambda d: 0.5,
+                       lambda v: "", arms.Menu(("lp",), lambda run, name: apply(run, name)))
+    stretched = [cfg for cfg in seen if cfg.trainer.max_epochs == 27]
+    assert len(stretched) == 1 and stretched[0].head_epochs == 27  # the head alone for every one of its epochs
+
+
+def test_a_run_saved_before_the_protocol_settings_still_resumes(tmp_path):
+    from repfusion.pipeline.config import PretrainRun
+    from repfusion.pipeline.run import check_out, settings
+
+    wanted = settings(PretrainRun())
+    older = json.loads(json.dumps(wanted))
+    for key in ("protocols", "lpft_lr", "joint_weight"):
+        del older["finetune"][key]
+    (tmp_path / "pretrain.json").write_text(json.dumps(older))
+    check_out(tmp_path, True, wanted)  # the settings it ran with are today's defaults
+    changed = settings(PretrainRun(finetune=FinetuneBudget(protocols=["plain", "lpft"])))
+    with pytest.raises(RepFusionError, match="other settings"):
+        check_out(tmp_path, True, changed)

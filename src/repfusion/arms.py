@@ -103,9 +103,10 @@ def finetune_arms(cfg: Any, out: Path, make_run: Callable[[Path | None, int], Fi
             init = init_of(out, arm, seed)
             runs: dict[str, tuple[Path, FinetuneRun]] = {}
             for name in dict.fromkeys(effective(n, init is not None) for n in menu.names):
-                run = menu.apply(make_run(init, seed), name)
-                if arm == "scratch-equal":
+                run = make_run(init, seed)
+                if arm == "scratch-equal":  # stretched first, so a protocol sized by the epochs (lp) sees them all
                     run = equal_compute(run, distill_dir(out, "repfusion", seed))
+                run = menu.apply(run, name)
                 run_dir = menu.run_dir(out, arm, seed, name)
                 run_once(run_dir / "results.json", lambda r: run_finetune(run, run_dir, r), run_dir, cfg)
                 runs[name] = run_dir, run

@@ -30,20 +30,21 @@ def probe_knn_words(probe: dict[str, list[dict[str, Any]]]) -> str:
 def protocol_section(result: dict[str, Any]) -> list[str]:
     """With several fine-tuning protocols: which one each arm kept per seed, and every protocol's mean validation
     and test top-1 per arm (the test column an observation: only the validation one chose)."""
+    names = list(result.get("config", {}).get("finetune", {}).get("protocols", ["plain"]))
     by_protocol = result.get("by_protocol")
     if not by_protocol:
-        return []
-    names = list(dict.fromkeys(name for arm in by_protocol.values() for name in arm))
+        return [] if names == ["plain"] else ["## Fine-tuning protocol", "", f"{names[0]} for every arm "
+                                              "(`tasks.protocols`; a scratch arm's joint is its plain run).", ""]
 
     def means(arm: dict[str, dict[str, list[float]]], split: str) -> str:
-        return ", ".join(f"{name} {100 * sum(arm[name][split]) / len(arm[name][split]):.2f}" if name in arm
-                         else f"{name} -" for name in names)
+        return ", ".join(f"{name} {100 * sum(runs[split]) / len(runs[split]):.2f}" for name, runs in arm.items())
 
     rows = [f"| {arm} | {', '.join(result['protocols'][arm])} | {means(runs, 'val')} | {means(runs, 'test')} |"
             for arm, runs in by_protocol.items()]
     return ["## Fine-tuning protocol", "",
-            f"Every arm ran each of {', '.join(names)} on every seed (a scratch arm's teacher in the loop is its plain "
-            "run); the one with the best validation top-1 is the one in the table above, the test split never "
+            f"Every arm ran each of {', '.join(names)} on every seed"
+            + (" (a scratch arm's teacher in the loop is its plain run)" if "joint" in names else "")
+            + "; the one with the best validation top-1 is the one in the table above, the test split never "
             "chose. Mean top-1 (%) per protocol:", "",
             "| arm | kept, per seed | validation | test |", "|---|---|---|---|", *rows, ""]
 

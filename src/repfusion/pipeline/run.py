@@ -34,6 +34,7 @@ from ..section import whole_number
 from ..students import check_student
 from ..tasks.finetune import FinetuneRun, ModelSection
 from ..tasks.classification import check_probe_head
+from ..tasks.protocols import LPFT_LR
 from ..tasks.protocols import apply as apply_protocol
 from ..tasks.teacher_in_loop import TeacherInLoopSection
 from ..teachers import DiffusionTeacher
@@ -75,9 +76,23 @@ def check_out(out: Path, resume: bool, wanted: dict[str, Any], saved_name: str =
         raise RepFusionError(f"{out} already holds a run; pass --resume to continue or reuse it, or choose another "
                              "--run-dir.")
     saved = out / saved_name
-    if resume and saved.is_file() and json.loads(saved.read_text()) != wanted:
+    if resume and saved.is_file() and with_later_keys(json.loads(saved.read_text()), wanted) != wanted:
         raise RepFusionError(f"{out} holds a pipeline run with other settings ({saved}); --resume reuses finished "
                              "stages, so give the same settings or choose another --run-dir.")
+
+
+# settings added after runs were saved without them, with the value those runs had: such a run still resumes
+LATER_KEYS = {"finetune": {"protocols": ["plain"], "lpft_lr": LPFT_LR, "joint_weight": 1.0}}
+
+
+def with_later_keys(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's settings with the keys added since (`LATER_KEYS`) at the value it ran with."""
+    for section, keys in LATER_KEYS.items():
+        if isinstance(saved.get(section), dict) and isinstance(wanted.get(section), dict):
+            for key, value in keys.items():
+                if key in wanted[section]:
+                    saved[section].setdefault(key, value)
+    return saved
 
 
 def settings(cfg: PretrainRun) -> dict[str, Any]:
@@ -224,6 +239,10 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     check_choice(cfg.choice, shape)
     arch = cfg.student.arch or default_arch(data.image_size)
     labelled = facts.labelled
+    if labelled and len(cfg.finetune.protocols) > 1 and not data.val_fraction > 0:
+        raise RepFusionError("finetune.protocols names several protocols, which are chosen between on the validation "
+                             "split, but data.val_fraction is 0 (the test split would choose); give data.val_fraction "
+                             "> 0 (e.g. 0.1) or one protocol.")
     if labelled and (cfg.finetune.head_init == "probe" or {"lpft", "lp"} & set(cfg.finetune.protocols)):
         check_probe_head(arch, cfg.student.width or 1.0)  # told now, not after the teacher and the distillations
     if labelled and cfg.seeds < 2:
@@ -234,9 +253,10 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     cfg, budget, estimate_s, at_layer = estimate(cfg, facts, data, shape, arch, given is None, labelled, saved)
     print("\n".join(["Data:"] + [f"   {line}" for line in facts.lines()]))
     protocols = cfg.finetune.protocols
-    menu = f" x {len(protocols)} fine-tuning protocols ({', '.join(protocols)}; kept per arm and seed on validation)"
+    menu = (f" x {len(protocols)} fine-tuning protocols ({', '.join(protocols)}; kept per arm and seed on validation)"
+            if len(protocols) > 1 else f", fine-tuning protocol {protocols[0]}")
     print(f"Teacher: {given or f'a {preset} DDPM trained here on the images, no labels'}; student {arch} at width "
-          f"{cfg.student.width}; {'4 arms x ' + str(cfg.seeds) + ' seeds at ' + format(100 * data.label_fraction, 'g') + ' % labels' + (menu if len(protocols) > 1 else '') if labelled else 'label-free: distillation and export only'}")
+          f"{cfg.student.width}; {'4 arms x ' + str(cfg.seeds) + ' seeds at ' + format(100 * data.label_fraction, 'g') + ' % labels' + (menu if protocols != ['plain'] else '') if labelled else 'label-free: distillation and export only'}")
     print(f"Budget: {budget.line()}")
     print(f"Estimate: about {clock(sum(estimate_s.values()))} in all on this machine ("
           + ", ".join(f"{name} {clock(s)}" for name, s in estimate_s.items() if s >= 0.5)
