@@ -218,14 +218,20 @@ def test_the_one_command_needs_only_the_folder(capsys):
     assert "[--distill.epochs EPOCHS]" in shown and "[--finetune.epochs EPOCHS]" in shown  # nothing else required
 
 
+def pretrain_digits(tmp_path: Path, teacher: Path, per_class: int, *flags: str) -> int:
+    """`pretrain` on a class-folder tree of digits (tmp_path/digits) with a given teacher, half the labels,
+    the TINY budgets and `flags`, into tmp_path/run; its exit code."""
+    root = tmp_path / "digits"
+    write_digits(root, per_class, nested=False)
+    return main(["pretrain", "--data.root", str(root), "--teacher.source", str(teacher), *TINY,
+                 "--data.label_fraction", "0.5", *flags, "--run-dir", str(tmp_path / "run")])
+
+
 def test_a_menu_of_fine_tuning_protocols_is_run_by_every_arm_and_chosen_on_validation(tmp_path, tiny_teacher_dir,
                                                                                        capsys):
-    root = tmp_path / "digits"
-    write_digits(root, 12, nested=False)
     out = tmp_path / "run"
-    assert main(["pretrain", "--data.root", str(root), "--teacher.source", str(tiny_teacher_dir), *TINY,
-                 "--data.label_fraction", "0.5", "--data.batch_size", "16", "--finetune.protocols", "[lpft, joint]",
-                 "--run-dir", str(out)]) == 0
+    assert pretrain_digits(tmp_path, tiny_teacher_dir, 12, "--data.batch_size", "16",
+                           "--finetune.protocols", "[lpft, joint]") == 0
     printed = capsys.readouterr().out
     assert "x 2 fine-tuning protocols (lpft, joint; kept per arm and seed on validation)" in printed
     result = json.loads((out / "results.json").read_text())
@@ -247,11 +253,8 @@ def test_a_menu_of_fine_tuning_protocols_is_run_by_every_arm_and_chosen_on_valid
 
 
 def test_a_menu_without_a_validation_split_is_refused_before_anything_is_written(tmp_path, tiny_teacher_dir, capsys):
-    root = tmp_path / "digits"
-    write_digits(root, 6, nested=False)
     out = tmp_path / "run"
-    assert main(["pretrain", "--data.root", str(root), "--teacher.source", str(tiny_teacher_dir), *TINY,
-                 "--data.label_fraction", "0.5", "--data.val_fraction", "0", "--finetune.protocols", "[plain, lpft]",
-                 "--run-dir", str(out)]) == 1
+    assert pretrain_digits(tmp_path, tiny_teacher_dir, 6, "--data.val_fraction", "0",
+                           "--finetune.protocols", "[plain, lpft]") == 1
     assert "data.val_fraction is 0 (the test split would choose)" in capsys.readouterr().err
     assert not out.exists()
