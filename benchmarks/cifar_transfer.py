@@ -79,8 +79,6 @@ def with_protocol(args: argparse.Namespace, run, protocol: str):
     """`run` (plain) under one protocol of this benchmark: the library's (`repfusion.tasks.protocols`: lpft at
     --lpft-lr, lp, joint at --in-loop-weight), lpft-joint both, plus this benchmark's --head-epochs for lpft and
     --in-loop-views for joint. A scratch arm has no teacher: the library makes its joint plain."""
-    import dataclasses
-
     from repfusion.tasks.protocols import ProtocolSettings, apply
 
     settings = ProtocolSettings(lpft_lr=args.lpft_lr,  # the weight is read (and checked by the parser) for joint only

@@ -110,17 +110,18 @@ def finetune_arms(cfg: Any, out: Path, make_run: Callable[[Path | None, int], Fi
                 run_dir = menu.run_dir(out, arm, seed, name)
                 run_once(run_dir / "results.json", lambda r: run_finetune(run, run_dir, r), run_dir, cfg)
                 runs[name] = run_dir, run
+            test = {name: score(run_dir) for name, (run_dir, _) in runs.items()}
             kept = next(iter(runs))
             if len(menu.names) > 1:
                 assert menu.val_score is not None, "several protocols need a validation score to choose by"
                 val = {name: menu.val_score(run_dir) for name, (run_dir, _) in runs.items()}
                 kept = chosen(val, menu.higher_is_better)
-                for name, (run_dir, _) in runs.items():
+                for name in runs:
                     seen = found.by_protocol.setdefault(arm, {}).setdefault(name, {"val": [], "test": []})
                     seen["val"].append(val[name])
-                    seen["test"].append(score(run_dir))
-            run_dir, run = runs[kept]
-            found.scores[arm].append(score(run_dir))
+                    seen["test"].append(test[name])
+            run = runs[kept][1]
+            found.scores[arm].append(test[kept])
             found.protocols[arm].append(kept)
             said = f", protocol {kept} (validation)" if len(menu.names) > 1 else ""
             print(f"   seed {seed} {arm:>14}: {show(found.scores[arm][-1])} ({run.trainer.max_epochs} epochs{said})",

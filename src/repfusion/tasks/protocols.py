@@ -17,11 +17,11 @@ same for every protocol, so the only difference between two runs of one arm and 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..errors import RepFusionError
+from ..section import finite_number
 
 if TYPE_CHECKING:
     from .finetune import FinetuneRun
@@ -38,11 +38,9 @@ class ProtocolSettings:
     joint_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.lpft_lr, bool) or not isinstance(self.lpft_lr, (int, float)) or not (
-                math.isfinite(self.lpft_lr) and self.lpft_lr > 0):
+        if not (finite_number(self.lpft_lr) and self.lpft_lr > 0):
             raise RepFusionError(f"lpft_lr must be a positive learning rate (e.g. {LPFT_LR}), not {self.lpft_lr}.")
-        if isinstance(self.joint_weight, bool) or not isinstance(self.joint_weight, (int, float)) or not (
-                math.isfinite(self.joint_weight) and self.joint_weight > 0):
+        if not (finite_number(self.joint_weight) and self.joint_weight > 0):
             raise RepFusionError(f"joint_weight must be a positive number (e.g. 1.0), not {self.joint_weight}.")
 
 
