@@ -76,14 +76,16 @@ def test_a_time_target_too_short_for_one_epoch_is_refused():
         fit_to_time(cfg, said, plan, per_epoch, 60)
 
 
-def test_the_loop_cost_of_a_step_is_counted_once_for_every_optimiser_step():
+@pytest.mark.parametrize("menu, runs", [(["plain"], 1), (None, 2)])  # null: the default menu, plain and LP-FT
+def test_the_loop_cost_of_a_step_is_counted_once_for_every_optimiser_step(menu, runs):
     """step_overhead (the Trainer's own cost a step, from time_loop) adds exactly steps x overhead to each
     stage: the fine-tuning's many small steps are where it shows."""
     import dataclasses
 
     from repfusion.analysis.controls import steps_per_epoch
+    from repfusion.pipeline.config import FinetuneBudget
 
-    cfg, _ = apply_budget(PretrainRun(), on_gpu=False)
+    cfg, _ = apply_budget(PretrainRun(finetune=FinetuneBudget(protocols=menu)), on_gpu=False)
     base = StepTimes(teacher_train=0.2, teacher_forward=0.05, student_train=0.1, student_forward=0.02, batch=128,
                      finetune_batch=32)
     plan0, _ = stage_seconds(cfg, facts(), base, True, True, 270)
@@ -94,9 +96,9 @@ def test_the_loop_cost_of_a_step_is_counted_once_for_every_optimiser_step():
     seeds = cfg.seeds
     assert plan1["teacher"] - plan0["teacher"] == pytest.approx(0.01 * steps_per_epoch(n, 128) * cfg.teacher.epochs)
     assert plan1["distil"] - plan0["distil"] == pytest.approx(0.01 * 2 * seeds * distill_steps)
-    # four arms a seed, and equal-compute scratch's extra steps (as many as one distillation's)
+    # four arms a seed under each protocol, and equal-compute scratch's extra steps (one distillation's) in each
     assert plan1["fine-tune the arms"] - plan0["fine-tune the arms"] == pytest.approx(
-        0.01 * seeds * (4 * ft_steps + distill_steps))
+        0.01 * seeds * runs * (4 * ft_steps + distill_steps))
 
 
 def _times(**changed) -> StepTimes:

@@ -25,16 +25,21 @@ def test_shortened_demo_runs_every_stage(tmp_path, capsys):
                  "distill-repfusion-seed0/curves.png", "distill-repfusion-seed1/student/config.json",
                  "distill-random-teacher-seed1/student/config.json"):
         assert (out / name).exists(), name
-    config = json.loads((out / "finetune-repfusion-seed0" / "results.json").read_text())
-    assert config["init"] == str(out / "distill-repfusion-seed0")
+    # the default menu: every arm fine-tuned plainly and by LP-FT, the validation's better kept per seed and arm
+    assert result["config"]["finetune"]["protocols"] == ["plain", "lpft"]
+    assert all(set(kept) <= {"plain", "lpft"} and len(kept) == 2 for kept in result["protocols"].values())
+    assert set(result["by_protocol"]["repfusion"]) == {"plain", "lpft"}
+    for protocol in ("plain", "lpft"):
+        config = json.loads((out / f"finetune-repfusion-seed0-{protocol}" / "results.json").read_text())
+        assert config["init"] == str(out / "distill-repfusion-seed0")
     random_teacher = json.loads((out / "distill-random-teacher-seed1" / "student" / "distillation.json").read_text())
     assert random_teacher["teacher"]["init"] == "random"
     # equal-compute scratch trained for the distillation's steps on top of the fine-tuning's
     from repfusion.analysis.controls import distill_steps, equal_compute_epochs
 
     steps = distill_steps(out / "distill-repfusion-seed0")
-    train_images = json.loads((out / "finetune-scratch-seed0" / "results.json").read_text())["train_images"]
-    rows = (out / "finetune-scratch-equal-seed0" / "metrics.csv").read_text().strip().splitlines()[1:]
+    train_images = json.loads((out / "finetune-scratch-seed0-plain" / "results.json").read_text())["train_images"]
+    rows = (out / "finetune-scratch-equal-seed0-plain" / "metrics.csv").read_text().strip().splitlines()[1:]
     assert max(int(r.split(",")[0]) for r in rows) == equal_compute_epochs(steps, train_images, 32, 2) > 2  # the test row
     # the label-scarce regime: fine-tuning saw a stratified 2 % of the training labels, distillation all images
     assert result["config"]["data"]["label_fraction"] == 0.02

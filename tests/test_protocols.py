@@ -13,7 +13,7 @@ from repfusion.errors import RepFusionError
 from repfusion.experiment import Plan
 from repfusion.pipeline.config import FinetuneBudget
 from repfusion.tasks.finetune import FinetuneRun
-from repfusion.tasks.protocols import ProtocolSettings, apply, check_protocols, chosen, effective
+from repfusion.tasks.protocols import DEFAULT_MENU, ProtocolSettings, apply, check_protocols, chosen, effective
 from repfusion.training import OptimConfig, TrainerConfig
 
 
@@ -138,16 +138,51 @@ def test_the_equal_compute_arm_is_stretched_before_its_protocol_so_lp_stays_a_pr
     assert len(stretched) == 1 and stretched[0].head_epochs == 27  # the head alone for every one of its epochs
 
 
-def test_a_run_saved_before_the_protocol_settings_still_resumes(tmp_path):
+def test_a_run_saved_before_the_protocol_settings_still_resumes_plain(tmp_path):
     from repfusion.pipeline.config import PretrainRun
-    from repfusion.pipeline.run import check_out, settings
+    from repfusion.pipeline.run import check_out, settings, with_menu
 
-    wanted = settings(PretrainRun())
-    older = json.loads(json.dumps(wanted))
+    older = settings(PretrainRun(finetune=FinetuneBudget(protocols=["plain"])))
     for key in ("protocols", "lpft_lr", "joint_weight"):
         del older["finetune"][key]
     (tmp_path / "pretrain.json").write_text(json.dumps(older))
-    check_out(tmp_path, True, wanted)  # the settings it ran with are today's defaults
+    resumed = with_menu(PretrainRun(), "resnet18_cifar", True, True, tmp_path / "pretrain.json")
+    assert resumed.finetune.protocols == ["plain"]  # what it ran with, not today's default menu
+    check_out(tmp_path, True, settings(resumed))
     changed = settings(PretrainRun(finetune=FinetuneBudget(protocols=["plain", "lpft"])))
     with pytest.raises(RepFusionError, match="other settings"):
         check_out(tmp_path, True, changed)
+
+
+def test_a_resumed_run_keeps_the_default_menu_it_was_started_with(tmp_path):
+    from repfusion.pipeline.config import PretrainRun
+    from repfusion.pipeline.run import settings, with_menu
+
+    started = with_menu(PretrainRun(), "resnet18_cifar", True, True, None)
+    (tmp_path / "pretrain.json").write_text(json.dumps(settings(started)))
+    assert with_menu(PretrainRun(), "mobilenetv2", False, True, tmp_path / "pretrain.json").finetune.protocols \
+        == list(DEFAULT_MENU)
+
+
+@pytest.mark.parametrize("arch, validation, labelled, by_hand, menu", [
+    ("resnet18_cifar", True, True, {}, list(DEFAULT_MENU)),
+    ("resnet18_cifar", False, True, {}, ["plain"]),  # nothing to choose on but the test split
+    ("resnet18_cifar", True, False, {}, ["plain"]),  # no labels, no fine-tuning
+    ("mobilenetv2", True, True, {}, ["plain"]),  # no linear fc head to fit the probe into
+    ("resnet18_cifar", True, True, {"head_epochs": 2}, ["plain"]),  # a protocol given by hand
+])
+def test_the_default_menu_is_plain_and_lpft_where_both_can_run(arch, validation, labelled, by_hand, menu):
+    from repfusion.pipeline.config import PretrainRun
+    from repfusion.pipeline.run import with_menu
+
+    assert PretrainRun().finetune.protocols is None
+    cfg = PretrainRun(finetune=FinetuneBudget(**by_hand))
+    assert with_menu(cfg, arch, validation, labelled, None).finetune.protocols == menu
+
+
+def test_a_menu_given_is_kept_as_given():
+    from repfusion.pipeline.config import PretrainRun
+    from repfusion.pipeline.run import with_menu
+
+    cfg = PretrainRun(finetune=FinetuneBudget(protocols=["lp"]))
+    assert with_menu(cfg, "resnet18_cifar", True, True, None).finetune.protocols == ["lp"]

@@ -137,7 +137,7 @@ def _demo(inv: Invocation) -> None:
     run = demo.DemoConfig(out=str(inv.run_dir or defaults.out), seeds=cfg.seeds or defaults.seeds,
                           label_fraction=defaults.label_fraction if cfg.data.label_fraction is None
                           else cfg.data.label_fraction, progress=cfg.trainer.progress, resume=inv.resume,
-                          protocols=list(cfg.finetune.protocols or defaults.protocols))
+                          protocols=cfg.finetune.protocols)
     run = demo.quick(run) if cfg.quick else run
     demo.run_demo(run, on_start=lambda: inv.save(Path(run.out) / "config.yaml"))
 

@@ -11,7 +11,7 @@ labelled subset per seed (`repfusion.arms`) -> paired differences with 95 % inte
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .data import DataConfig
@@ -38,8 +38,9 @@ class DemoConfig:
     crop_padding: int = 2
     teacher_layer: str = "up_blocks.0"  # the decoder layer the CIFAR probe chose (teacher_layers_cifar.md)
     noise_mode: str = "clean"
-    # fine-tuning protocols every arm runs, the best on validation kept per seed and arm (`tasks.protocols`)
-    protocols: list[str] = field(default_factory=lambda: ["plain"])
+    # fine-tuning protocols every arm runs, the best on validation kept per seed and arm (`tasks.protocols`);
+    # null: pretrain's default menu (plain and LP-FT)
+    protocols: list[str] | None = None
     progress: bool = True
     resume: bool = False
 
@@ -47,7 +48,7 @@ class DemoConfig:
 def quick(cfg: DemoConfig) -> DemoConfig:
     """The shortened demo the tests run: every stage, one or two epochs each, the seeds asked for."""
     return DemoConfig(out=cfg.out, seeds=cfg.seeds, label_fraction=cfg.label_fraction, teacher_epochs=1,
-                      distill_epochs=1, finetune_epochs=2, width=0.125, protocols=list(cfg.protocols), progress=False,
+                      distill_epochs=1, finetune_epochs=2, width=0.125, protocols=cfg.protocols, progress=False,
                       resume=cfg.resume)
 
 
@@ -69,7 +70,8 @@ def demo_pretrain(cfg: DemoConfig) -> PretrainRun:
         student=StudentChoice(arch=cfg.arch, width=cfg.width),
         choice=LayerChoice(layers=[cfg.teacher_layer], timesteps=[0], modes=[cfg.noise_mode]),
         distill=DistillBudget(epochs=cfg.distill_epochs, lr=0.05),
-        finetune=FinetuneBudget(epochs=cfg.finetune_epochs, lr=0.05, batch_size=32, protocols=list(cfg.protocols)),
+        finetune=FinetuneBudget(epochs=cfg.finetune_epochs, lr=0.05, batch_size=32,
+                                protocols=None if cfg.protocols is None else list(cfg.protocols)),
         seeds=cfg.seeds, auto_flip=False,
         trainer=TrainerConfig(ema_decay=0.99, progress=cfg.progress, log_every_n_steps=5))
 

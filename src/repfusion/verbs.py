@@ -196,7 +196,7 @@ class DemoData:
 @dataclass
 class DemoFinetune:
     """finetune.protocols: the fine-tuning protocols every arm runs (plain, lpft, lp, joint; several: the best on
-    validation kept per seed and arm; null: the demo's own, plain). Classification only."""
+    validation kept per seed and arm; null: pretrain's default, plain and LP-FT). Classification only."""
 
     protocols: list[str] | None = None
 

@@ -161,24 +161,32 @@ class FinetuneBudget(StageBudget):
     backbone_lr_scale: float = 1.0
     teacher_in_loop: float = 0.0
     # several: every arm runs each (`tasks.protocols`: plain, lpft, lp, joint) and per seed and arm the one with the
-    # best validation top-1 is reported; the fields above then stay at their defaults (a menu entry replaces them)
-    protocols: list[str] = field(default_factory=lambda: ["plain"])
+    # best validation top-1 is reported; the fields above then stay at their defaults (a menu entry replaces them).
+    # null: [plain, lpft] where both can run (a linear fc head, a validation split), else plain; a protocol given by
+    # hand (the fields above) is plain's menu (`pipeline.run.with_menu`)
+    protocols: list[str] | None = None
     lpft_lr: float = LPFT_LR  # lpft: the rate once everything trains (plain keeps finetune.lr)
     joint_weight: float = 1.0  # joint: w of the distillation term kept in the loss
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.protocols = list(check_protocols(self.protocols, f"{self.KEY}.protocols"))
+        if self.protocols is not None:
+            self.protocols = list(check_protocols(self.protocols, f"{self.KEY}.protocols"))
         try:
             ProtocolSettings(self.lpft_lr, self.joint_weight)
         except RepFusionError as err:
             raise RepFusionError(f"{self.KEY}.{err}") from None
-        by_hand = [key for key, default in (("head_init", "random"), ("head_epochs", 0), ("teacher_in_loop", 0.0))
-                   if getattr(self, key) != default]
-        if self.protocols != ["plain"] and by_hand:
+        by_hand = self.by_hand
+        if self.protocols not in (None, ["plain"]) and by_hand:
             raise RepFusionError(f"Give the fine-tuning protocol either as {self.KEY}.protocols or by "
                                  f"{self.KEY}.{by_hand[0]}, not both: {self.protocols} already names what each run "
                                  "does (lpft: a probe head, lp: the probe kept, joint: the teacher in the loop).")
+
+    @property
+    def by_hand(self) -> list[str]:
+        """The protocol fields set away from plain by hand (head_init, head_epochs, teacher_in_loop)."""
+        return [key for key, default in (("head_init", "random"), ("head_epochs", 0), ("teacher_in_loop", 0.0))
+                if getattr(self, key) != default]
 
     @property
     def settings(self) -> ProtocolSettings:

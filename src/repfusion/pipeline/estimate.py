@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ..analysis.controls import steps_per_epoch
 from ..data.augment import Augment
 from ..students import build_student
-from ..tasks.protocols import effective
+from ..tasks.protocols import DEFAULT_MENU, effective
 from ..teachers import DiffusionTeacher, model_pixels
 from .config import PretrainRun
 from .inspect import DataFacts, unlabeled_view
@@ -385,7 +385,7 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
         student_step = step - loop - ft_batch * train_read  # the teacher in the loop adds a second student pass
         ft_epoch_cost, ft_run, ft_pass = (clocked.epoch, clocked.run, clocked.eval_pass) if clocked else (
             epoch_cost, run, 0.0)
-        protocols = cfg.finetune.protocols
+        protocols = cfg.finetune.protocols or DEFAULT_MENU  # null (before run.with_menu): the default menu
         joint = cfg.finetune.teacher_in_loop or "joint" in protocols
         in_loop = 2 * (times.teacher_forward * ft_batch / batch + student_step) if joint else 0.0
         # per seed and protocol: scratch, RepFusion, random-teacher student (the two distilled with the teacher in

@@ -33,8 +33,8 @@ from ..io import replace_dir, staging_dir, write_json
 from ..section import whole_number
 from ..students import check_student
 from ..tasks.finetune import FinetuneRun, ModelSection
-from ..tasks.classification import check_probe_head
-from ..tasks.protocols import LPFT_LR
+from ..tasks.classification import check_probe_head, has_probe_head
+from ..tasks.protocols import LPFT_LR, default_menu
 from ..tasks.protocols import apply as apply_protocol
 from ..tasks.teacher_in_loop import TeacherInLoopSection
 from ..teachers import DiffusionTeacher
@@ -93,6 +93,22 @@ def with_later_keys(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, 
                 if key in wanted[section]:
                     saved[section].setdefault(key, value)
     return saved
+
+
+def with_menu(cfg: PretrainRun, arch: str, validation: bool, labelled: bool, saved: Path | None) -> PretrainRun:
+    """`cfg` with its fine-tuning menu named. Given (finetune.protocols), it stays; null: a resumed run keeps the
+    menu it ran with (plain for a run saved before menus existed), a protocol set by hand or a run without labels is
+    plain, and otherwise `tasks.protocols.default_menu` decides (plain and LP-FT where the student has a linear fc
+    head and the data a validation split)."""
+    if cfg.finetune.protocols is not None:
+        return cfg
+    if saved is not None and saved.is_file():
+        menu = json.loads(saved.read_text()).get("finetune", {}).get("protocols") or LATER_KEYS["finetune"]["protocols"]
+    elif cfg.finetune.by_hand or not labelled:
+        menu = ["plain"]
+    else:
+        menu = default_menu(has_probe_head(arch, cfg.student.width or 1.0), validation)
+    return replace(cfg, finetune=replace(cfg.finetune, protocols=list(menu)))
 
 
 def settings(cfg: PretrainRun) -> dict[str, Any]:
@@ -239,6 +255,7 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     check_choice(cfg.choice, shape)
     arch = cfg.student.arch or default_arch(data.image_size)
     labelled = facts.labelled
+    cfg = with_menu(cfg, arch, data.val_fraction > 0, labelled, out / SETTINGS_FILE if resume else None)
     if labelled and len(cfg.finetune.protocols) > 1 and not data.val_fraction > 0:
         raise RepFusionError("finetune.protocols names several protocols, which are chosen between on the validation "
                              "split, but data.val_fraction is 0 (the test split would choose); give data.val_fraction "

@@ -192,10 +192,17 @@ def recalibrate_batchnorm(model: nn.Module, dataset: torch.utils.data.Dataset, n
         model.train(was_training)
 
 
-def probe_head(model: nn.Module) -> nn.Linear:
-    """The head a probe is fitted into: one linear layer named fc (the built-in ResNets, timm's and torchvision's)."""
+def linear_fc(model: nn.Module) -> nn.Linear | None:
+    """The head a probe is fitted into, if `model` has it: one linear layer named fc (the built-in ResNets, timm's
+    and torchvision's)."""
     head = getattr(model, "fc", None)
-    if not isinstance(head, nn.Linear):
+    return head if isinstance(head, nn.Linear) else None
+
+
+def probe_head(model: nn.Module) -> nn.Linear:
+    """`linear_fc`, or one sentence saying the probe protocols need it."""
+    head = linear_fc(model)
+    if head is None:
         raise RepFusionError("head_init probe (and the lpft and lp protocols) needs a network whose head is one linear "
                              "layer named fc (the built-in ResNets); use head_init random or head_epochs for this "
                              "network.")
@@ -205,6 +212,11 @@ def probe_head(model: nn.Module) -> nn.Linear:
 def check_probe_head(arch: str, width: float) -> None:
     """Before anything trains: whether `arch` has the head a probe is fitted into (built once, random weights)."""
     probe_head(build_student(arch, width, num_classes=2))
+
+
+def has_probe_head(arch: str, width: float) -> bool:
+    """`check_probe_head` as a question: whether the default menu's LP-FT can run on `arch`."""
+    return linear_fc(build_student(arch, width, num_classes=2)) is not None
 
 
 @torch.no_grad()
