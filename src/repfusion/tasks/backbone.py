@@ -16,8 +16,8 @@ from ..errors import RepFusionError
 from ..io import load_checkpoint, load_tensors
 from ..run_folder import distill_export
 from ..students import read_student_config
+from ..torchvision_keys import HEAD_PREFIXES  # the classifier head's key prefixes, one list for every reader
 
-HEAD_PREFIXES = ("fc.", "classifier.")
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
