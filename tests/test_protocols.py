@@ -186,3 +186,36 @@ def test_a_menu_given_is_kept_as_given():
 
     cfg = PretrainRun(finetune=FinetuneBudget(protocols=["lp"]))
     assert with_menu(cfg, "resnet18_cifar", True, True, None).finetune.protocols == ["lp"]
+
+
+def test_a_pretrain_run_saved_with_the_old_plain_default_passes_the_cli_resume_check(tmp_path):
+    """Its config.yaml says finetune.protocols [plain]; today's command line leaves it null (the run resolves it
+    against its own pretrain.json), so only a real change is refused."""
+    import yaml
+
+    from repfusion.config import check_resume_config, config_parser, parse_config, resolved_yaml
+    from repfusion.pipeline.config import PretrainRun
+
+    parser = config_parser("repfusion pretrain", PretrainRun, "")
+    parsed = parse_config(parser, PretrainRun, ["--data.root", "photos"])
+    assert parsed.config.finetune.protocols is None
+    old = yaml.safe_load(resolved_yaml(parser, parsed.namespace))
+    old["finetune"]["protocols"] = ["plain"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    check_resume_config(parser, parsed.namespace, tmp_path)
+    changed = parse_config(parser, PretrainRun, ["--data.root", "photos", "--finetune.lpft_lr", "0.01"])
+    with pytest.raises(RepFusionError, match="finetune.lpft_lr"):
+        check_resume_config(parser, changed.namespace, tmp_path)
+
+
+def test_a_resumed_menu_run_given_a_protocol_by_hand_is_told_its_settings_differ(tmp_path):
+    from repfusion.pipeline.config import PretrainRun
+    from repfusion.pipeline.run import check_out, settings, with_menu
+
+    started = with_menu(PretrainRun(), "resnet18_cifar", True, True, None)
+    (tmp_path / "pretrain.json").write_text(json.dumps(settings(started)))
+    (tmp_path / "teacher").mkdir()
+    by_hand = with_menu(PretrainRun(finetune=FinetuneBudget(head_epochs=2)), "resnet18_cifar", True, True,
+                        tmp_path / "pretrain.json")
+    with pytest.raises(RepFusionError, match="other settings"):
+        check_out(tmp_path, True, settings(by_hand))

@@ -193,6 +193,10 @@ RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.progres
                      "trainer.num_nodes", "trainer.strategy", "trainer.accelerator", "trainer.log_every_n_steps",
                      "trainer.checkpoint_every_n_steps", "trainer.logger", "data.num_workers", "data.root")
 
+# null on either side: the run itself names the value and checks it against the settings it saved (pretrain's menu,
+# `pipeline.run.with_menu`), so a run saved as [plain] before null became the default still resumes
+RESOLVED_BY_THE_RUN = ("finetune.protocols",)
+
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict) and data and not prefix.endswith(("extra", "options")):
@@ -222,6 +226,8 @@ def check_resume_config(parser: ArgumentParser, namespace: Namespace, run_dir: P
         return  # the checkpoint check still guards the model's shape
     now = _flatten(yaml.safe_load(resolved_yaml(parser, namespace)) or {})
     for key in sorted(set(saved) & set(now)):
+        if key in RESOLVED_BY_THE_RUN and None in (saved[key], now[key]):
+            continue
         if key not in RESUME_MAY_CHANGE and saved[key] != now[key]:
             raise RepFusionError(
                 f"--resume would continue the run in {run_dir} with {key} {now[key]!r}, but it was started with "

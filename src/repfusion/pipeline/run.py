@@ -102,10 +102,10 @@ def with_menu(cfg: PretrainRun, arch: str, validation: bool, labelled: bool, sav
     head and the data a validation split)."""
     if cfg.finetune.protocols is not None:
         return cfg
-    if saved is not None and saved.is_file():
+    if cfg.finetune.by_hand or not labelled:
+        menu = ["plain"]  # a resumed run that ran a menu then differs in its settings, and check_out says so
+    elif saved is not None and saved.is_file():
         menu = json.loads(saved.read_text()).get("finetune", {}).get("protocols") or LATER_KEYS["finetune"]["protocols"]
-    elif cfg.finetune.by_hand or not labelled:
-        menu = ["plain"]
     else:
         menu = default_menu(has_probe_head(arch, cfg.student.width or 1.0), validation)
     return replace(cfg, finetune=replace(cfg.finetune, protocols=list(menu)))
