@@ -59,6 +59,8 @@ def test_nested_unlabeled_folder_is_found_recursively_and_distilled_label_free(t
     assert (out / "student" / "config.json").is_file() and (out / "choice.md").is_file()
     assert "Why:" in (out / "choice.md").read_text()
     assert "No labels" in (out / "report.md").read_text()
+    # no labels to score a layer with: the decoder's first block, not what the variance share prefers
+    assert json.loads((out / "choice.json").read_text())["choice"]["layer"] == "up_blocks.0"
 
 
 def test_class_folders_are_detected_at_any_depth(tmp_path):

@@ -5,10 +5,13 @@ depends on the teacher and the data, so the pipeline measures it on a held-out s
 guessing. With labels the score is the linear-probe gap between the trained teacher and a random-weight
 one of the same architecture on the validation split: what the diffusion model learned, not what any
 convolutional network of that shape gives (on the CIFAR subset that gap picked the decoder's
-`up_blocks.0` at clean t = 0, 50 % vs 29 %). Without labels nothing can be scored against a task, so
-the score is label-free: the share of the pooled feature's variance explained by the image rather than
-by t (a student never sees t), and within the winning layer and mode the t whose features have the
-largest effective rank.
+`up_blocks.0` at clean t = 0, 50 % vs 29 %). Without labels (or with too few) nothing can be scored against a
+task, so the choice is the decoder's first block, that CIFAR winner, where the teacher has one: the label-free
+score used before, the share of the pooled feature's variance explained by the image rather than by t, preferred
+the first encoder block on digits, the layer where the trained teacher is closest to a random one (linear CKA
+0.98; the decoder's first block 0.56) and whose distilled student probed 11 points below its random initialisation
+(benchmarks/results/choice_label_free_digits.md). Teachers without a decoder (DiT) keep that score. Within the layer,
+the t whose features have the largest effective rank.
 """
 
 from __future__ import annotations
@@ -120,6 +123,16 @@ def choose(teacher: DiffusionTeacher, random_teacher: DiffusionTeacher | None, t
                          "t": ts[int(np.argmax(ranks))]})
             log(f"   {layer:>18} {mode:>7} variance explained by the image {100 * image_share:5.1f} %, effective "
                 f"rank {max(ranks):.1f} at t={rows[-1]['t']}")
+    decoder = decoder_start(layers)
+    if decoder is not None:
+        best = max((r for r in rows if r["layer"] == decoder), key=lambda r: (r["mode"] == "clean", r["image_share"]))
+        choice = Choice(best["layer"], best["mode"], best["t"], "decoder start (too few labels to score)",
+                        "no labels, or too few to score a layer, so the decoder's first block, where the trained teacher "
+                        "was furthest above a random-weight one on the CIFAR subset (+21 probe points; the encoder "
+                        "blocks the label-free variance share prefers were the closest to a random teacher on "
+                        "digits, benchmarks/results/choice_label_free_digits.md), and the t with the largest effective "
+                        f"rank there ({best['ranks'][best['t']]:.1f}), on {len(train)} training images.")
+        return _write(out, choice, rows)
     best = max(rows, key=lambda r: r["image_share"])
     choice = Choice(best["layer"], best["mode"], best["t"], f"image share {100 * best['image_share']:.1f} %",
                     "no labels, so label-free: the largest share of the pooled feature's variance over t in "
@@ -127,6 +140,13 @@ def choose(teacher: DiffusionTeacher, random_teacher: DiffusionTeacher | None, t
                     f"with the largest effective rank there ({best['ranks'][best['t']]:.1f}), on "
                     f"{len(train)} training images.")
     return _write(out, choice, rows)
+
+
+def decoder_start(layers: list[str]) -> str | None:
+    """The decoder's first block among `layers` (`up_blocks.0`, ADM's first `output_blocks`), if there is one."""
+    found = [(int(m.group(2)), name) for name in layers
+             if (m := BLOCK.match(name)) and m.group(1) in ("up_blocks", "output_blocks")]
+    return min(found)[1] if found else None
 
 
 def _write(out: Path, choice: Choice, rows: list[dict]) -> Choice:
