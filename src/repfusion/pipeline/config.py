@@ -81,8 +81,9 @@ class LayerChoice(Section):
     search found clean t = 0 best (benchmarks/results/recipe_search.md); add noised to probe each t of
     `timesteps` too (its probe gap flatters noise: a random teacher's features degrade with it). With labels, the choice is the
     largest linear-probe gap between the trained and a random-weight teacher on the validation split (what
-    the teacher knows beyond its architecture); without, the largest share of feature variance explained by
-    the image rather than by t (what a student, which never sees t, can predict).
+    the teacher knows beyond its architecture); without (or with fewer than 200 labelled images), the decoder's
+    first block, where that gap was largest on CIFAR (`pipeline.choice`; teachers without a decoder: the largest
+    share of feature variance explained by the image rather than by t).
     """
 
     KEY: ClassVar[str] = "choice"
