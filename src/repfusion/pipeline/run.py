@@ -255,12 +255,13 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     check_choice(cfg.choice, shape)
     arch = cfg.student.arch or default_arch(data.image_size)
     labelled = facts.labelled
+    menu_given = cfg.finetune.protocols is not None  # a null menu's lpft is named only where the probe head exists
     cfg = with_menu(cfg, arch, data.val_fraction > 0, labelled, out / SETTINGS_FILE if resume else None)
     if labelled and len(cfg.finetune.protocols) > 1 and not data.val_fraction > 0:
         raise RepFusionError("finetune.protocols names several protocols, which are chosen between on the validation "
                              "split, but data.val_fraction is 0 (the test split would choose); give data.val_fraction "
                              "> 0 (e.g. 0.1) or one protocol.")
-    if labelled and (cfg.finetune.head_init == "probe" or {"lpft", "lp"} & set(cfg.finetune.protocols)):
+    if labelled and (cfg.finetune.head_init == "probe" or menu_given and {"lpft", "lp"} & set(cfg.finetune.protocols)):
         check_probe_head(arch, cfg.student.width or 1.0)  # told now, not after the teacher and the distillations
     if labelled and cfg.seeds < 2:
         raise RepFusionError(f"seeds must be at least 2 for a confidence interval, not {cfg.seeds}.")
