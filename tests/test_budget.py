@@ -202,3 +202,23 @@ def test_the_clocked_short_run_separates_step_epoch_and_validation_costs():
     assert costs.step >= 0.01
     assert costs.epoch > 0.03 and costs.eval_pass > 0.1
     assert costs.run > 0.1  # the start, and the last epoch's end, are the run's own
+
+
+def test_a_small_folder_gets_enough_distillation_steps():
+    """60 steps left the digits folder's distilled student under its random initialisation; the budget raises
+    the epochs it fills to MIN_DISTILL_STEPS steps, keeps a given count, and leaves a large folder alone."""
+    from repfusion.analysis.controls import steps_per_epoch
+    from repfusion.pipeline.budget import MAX_EPOCH_RAISE, MIN_DISTILL_STEPS
+    from repfusion.pipeline.config import DistillBudget
+
+    small, said = apply_budget(PretrainRun(), on_gpu=False, distill_images=1287, batch_size=128)
+    assert small.distill.epochs * steps_per_epoch(1287, 128) >= MIN_DISTILL_STEPS
+    assert (small.distill.epochs - 1) * steps_per_epoch(1287, 128) < MIN_DISTILL_STEPS
+    assert said.filled["distill.epochs"] == small.distill.epochs and "240 steps" in said.reason
+    large, said_large = apply_budget(PretrainRun(), on_gpu=False, distill_images=45_000, batch_size=128)
+    assert large.distill.epochs == BUDGETS["cpu"].distill_epochs and "distillation" not in said_large.reason
+    tiny, _ = apply_budget(PretrainRun(), on_gpu=False, distill_images=20, batch_size=128)
+    assert tiny.distill.epochs == MAX_EPOCH_RAISE * BUDGETS["cpu"].distill_epochs  # one step an epoch: capped
+    given, _ = apply_budget(PretrainRun(distill=DistillBudget(epochs=3)), on_gpu=False, distill_images=1287,
+                            batch_size=128)
+    assert given.distill.epochs == 3

@@ -210,7 +210,8 @@ def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: Diffus
 
     `saved`: the budget a resumed run's first invocation filled, kept as it was (a time target is sized once)."""
     on_gpu = accelerated(cfg.trainer.accelerator)
-    cfg, budget = apply_budget(cfg, on_gpu)
+    cfg, budget = apply_budget(cfg, on_gpu, distill_images=round(facts.train_images * (1 - data.val_fraction)),
+                               batch_size=cfg.distill.batch_size or data.batch_size)
     if saved is not None:
         cfg, budget = with_saved_budget(cfg, saved), BudgetChoice(**saved)
     # the label cut as a count (labelled_images() would read the folder again; an estimate needs no exact count)
