@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--lock", default=None, help="a lock file each pretrain run takes")
     args = parser.parse_args()
+    from repfusion.analysis.controls import steps_per_epoch
     from repfusion.analysis.stats import paired_difference
     from repfusion.io import write_json, write_text
 
@@ -49,9 +50,12 @@ def main() -> None:
         probe = {arm: [100 * s["linear_probe"] for s in scores] for arm, scores in result["probe"].items()}
         init = paired_difference(probe["repfusion"], probe["random init"])
         random = paired_difference(probe["repfusion"], probe["random-teacher"])
-        steps = int(epochs) * 10
+        data = result["data"]  # the steps of one distillation epoch on this folder, as the budget counts them
+        epoch_steps = steps_per_epoch(round(data["facts"]["train_images"] * (1 - data["val_fraction"])),
+                                      result["config"]["distill"]["batch_size"] or data["batch_size"])
+        steps = int(epochs) * epoch_steps
         record["runs"][f"e{epochs}-c{views}"] = {"epochs": int(epochs), "cache_views": int(views), "steps": steps,
-                                                 "probe": probe, "seeds": list(range(len(probe["repfusion"]))),
+                                                 "probe": probe, "seeds": list(range(result["config"]["seeds"])),
                                                  "distil_s": result["timings_s"]["distil"],
                                                  "paired": {"repfusion - random init": init.as_dict(),
                                                             "repfusion - random-teacher": random.as_dict()}}

@@ -211,14 +211,14 @@ def test_a_small_folder_gets_enough_distillation_steps():
     from repfusion.pipeline.budget import MAX_EPOCH_RAISE, MIN_DISTILL_STEPS
     from repfusion.pipeline.config import DistillBudget
 
-    small, said = apply_budget(PretrainRun(), on_gpu=False, distill_images=1287, batch_size=128)
+    small, said = apply_budget(PretrainRun(), on_gpu=False, distill_epoch_steps=steps_per_epoch(1287, 128))
     assert small.distill.epochs * steps_per_epoch(1287, 128) >= MIN_DISTILL_STEPS
     assert (small.distill.epochs - 1) * steps_per_epoch(1287, 128) < MIN_DISTILL_STEPS
     assert said.filled["distill.epochs"] == small.distill.epochs and "240 steps" in said.reason
-    large, said_large = apply_budget(PretrainRun(), on_gpu=False, distill_images=45_000, batch_size=128)
+    large, said_large = apply_budget(PretrainRun(), on_gpu=False, distill_epoch_steps=steps_per_epoch(45_000, 128))
     assert large.distill.epochs == BUDGETS["cpu"].distill_epochs and "distillation" not in said_large.reason
-    tiny, _ = apply_budget(PretrainRun(), on_gpu=False, distill_images=20, batch_size=128)
+    tiny, _ = apply_budget(PretrainRun(), on_gpu=False, distill_epoch_steps=steps_per_epoch(20, 128))
     assert tiny.distill.epochs == MAX_EPOCH_RAISE * BUDGETS["cpu"].distill_epochs  # one step an epoch: capped
-    given, _ = apply_budget(PretrainRun(distill=DistillBudget(epochs=3)), on_gpu=False, distill_images=1287,
-                            batch_size=128)
+    given, _ = apply_budget(PretrainRun(distill=DistillBudget(epochs=3)), on_gpu=False,
+                            distill_epoch_steps=steps_per_epoch(1287, 128))
     assert given.distill.epochs == 3

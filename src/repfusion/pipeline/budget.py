@@ -18,7 +18,6 @@ import math
 import re
 from dataclasses import asdict, dataclass, replace
 
-from ..analysis.controls import steps_per_epoch
 from ..errors import RepFusionError
 from ..students.external import is_external
 from .config import PretrainRun
@@ -87,30 +86,29 @@ def accelerated(accelerator: str) -> bool:
     return str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def distill_epochs_for(budget_epochs: int, distill_images: int | None, batch_size: int) -> int:
+def distill_epochs_for(budget_epochs: int, epoch_steps: int | None) -> int:
     """The budget's distillation epochs, raised on a small folder to `MIN_DISTILL_STEPS` steps (capped)."""
-    if not distill_images:
+    if not epoch_steps:
         return budget_epochs
-    wanted = math.ceil(MIN_DISTILL_STEPS / steps_per_epoch(distill_images, batch_size))
+    wanted = math.ceil(MIN_DISTILL_STEPS / epoch_steps)
     return max(budget_epochs, min(wanted, MAX_EPOCH_RAISE * budget_epochs))
 
 
-def apply_budget(cfg: PretrainRun, on_gpu: bool, distill_images: int | None = None,
-                 batch_size: int | None = None) -> tuple[PretrainRun, BudgetChoice]:
+def apply_budget(cfg: PretrainRun, on_gpu: bool,
+                 distill_epoch_steps: int | None = None) -> tuple[PretrainRun, BudgetChoice]:
     """`cfg` with every null epoch count and width taken from the budget; the values given are kept (`cfg` has
     passed `check_budget`, in `check_pretrain`; each null is one its section allows).
 
-    `distill_images` (the images each distillation trains on) and `batch_size` (its batch): the distillation epochs
-    are raised to at least `MIN_DISTILL_STEPS` steps; without them the budget's epochs are used as they are."""
+    `distill_epoch_steps` (the steps of one distillation epoch on this folder): the distillation epochs are raised
+    to at least `MIN_DISTILL_STEPS` steps; without it the budget's epochs are used as they are."""
     name = cfg.budget if cfg.budget != "auto" else ("gpu" if on_gpu else "cpu")
     reason = "as asked" if cfg.budget != "auto" else ("auto: a CUDA GPU" if on_gpu else "auto: no GPU, a CPU")
     budget = BUDGETS[name]
-    batch = batch_size or cfg.distill.batch_size or cfg.data.batch_size
-    distill_epochs = distill_epochs_for(budget.distill_epochs, distill_images, batch)
-    if cfg.distill.epochs is None and distill_epochs > budget.distill_epochs:
-        steps = distill_epochs * steps_per_epoch(distill_images or 1, batch)
-        reason += (f"; distillation {distill_epochs} epochs, not {budget.distill_epochs}, so that it takes {steps} "
-                   f"steps on {distill_images} images (at least {MIN_DISTILL_STEPS} where the cap allows)")
+    distill_epochs = distill_epochs_for(budget.distill_epochs, distill_epoch_steps)
+    if cfg.distill.epochs is None and distill_epoch_steps and distill_epochs > budget.distill_epochs:
+        reason += (f"; distillation {distill_epochs} epochs, not {budget.distill_epochs}, so that it takes "
+                   f"{distill_epochs * distill_epoch_steps} steps ({distill_epoch_steps} an epoch; at least "
+                   f"{MIN_DISTILL_STEPS} where the cap allows)")
     external = cfg.student.arch is not None and is_external(cfg.student.arch)  # no width multiplier to set
     filled: dict[str, float] = {}
 

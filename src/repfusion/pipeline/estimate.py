@@ -341,6 +341,11 @@ def time_images(data: DataConfig, labelled: bool) -> tuple[float, float]:
     return time_data(split.train_set, Augment(data.image_size, data.crop_padding, data.flip))
 
 
+def distill_images(facts: DataFacts, val_fraction: float) -> int:
+    """The images each distillation trains on: the training images less the validation split."""
+    return round(facts.train_images * (1 - val_fraction))
+
+
 def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_teacher: bool, labelled: bool,
                   labelled_images: int) -> tuple[dict[str, float], dict[str, float]]:
     """Stage -> estimated seconds (the plan StageProgress shows), and each epoch count's seconds per epoch.
@@ -359,7 +364,7 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
     teacher_epoch = (steps_per_epoch(n, batch) * (times.teacher_train + loop) + n * train_read + epoch_cost
                      if train_teacher else 0.0)
     samples = SAMPLE_STEPS * SAMPLES * times.sampling_forward / batch  # the teacher's sample grid at its end
-    distill_n = round(n * (1 - val))
+    distill_n = distill_images(facts, val)
     distill_steps = steps_per_epoch(distill_n, batch)
     cached = cfg.distill.cache_views > 0 and "noised" not in cfg.choice.modes  # the teacher runs once per view
     distill_epoch = distills * (distill_steps * ((0.0 if cached else times.teacher_forward) + times.student_train

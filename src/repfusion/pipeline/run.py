@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..analysis.controls import labelled_images, paired_entry
+from ..analysis.controls import labelled_images, paired_entry, steps_per_epoch
 from ..analysis.student_probe import probe_student
 from ..data import DataConfig, ImageDataModule
 from ..arms import ARMS, TEACHERS, distill_dir, run_once
@@ -44,7 +44,7 @@ from ..training import OptimConfig
 from .choice import Choice, candidate_layers, check_choice, choose, read_choice
 from .budget import BudgetChoice, accelerated, apply_budget, budget_record, check_budget, fit_to_time, parse_duration
 from .config import PretrainRun
-from .estimate import SAMPLE_STEPS, SAMPLES, clock_finetune, stage_seconds, time_images, time_models
+from .estimate import SAMPLE_STEPS, SAMPLES, clock_finetune, distill_images, stage_seconds, time_images, time_models
 from .inspect import DataFacts, inspect_data, unlabeled_view
 from .progress import TIMINGS_FILE, StageProgress, clock
 from .report import card_metrics, write_report
@@ -210,8 +210,8 @@ def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: Diffus
 
     `saved`: the budget a resumed run's first invocation filled, kept as it was (a time target is sized once)."""
     on_gpu = accelerated(cfg.trainer.accelerator)
-    cfg, budget = apply_budget(cfg, on_gpu, distill_images=round(facts.train_images * (1 - data.val_fraction)),
-                               batch_size=cfg.distill.batch_size or data.batch_size)
+    cfg, budget = apply_budget(cfg, on_gpu, steps_per_epoch(distill_images(facts, data.val_fraction),
+                                                            cfg.distill.batch_size or data.batch_size))
     if saved is not None:
         cfg, budget = with_saved_budget(cfg, saved), BudgetChoice(**saved)
     # the label cut as a count (labelled_images() would read the folder again; an estimate needs no exact count)
