@@ -94,7 +94,8 @@ def test_the_loop_cost_of_a_step_is_counted_once_for_every_optimiser_step(menu, 
     distill_steps = steps_per_epoch(n - val, 128) * cfg.distill.epochs
     ft_steps = steps_per_epoch(270, 32) * (cfg.finetune.epochs + cfg.finetune.head_epochs)
     seeds = cfg.seeds
-    assert plan1["teacher"] - plan0["teacher"] == pytest.approx(0.01 * steps_per_epoch(n, 128) * cfg.teacher.epochs)
+    assert plan1["teacher"] - plan0["teacher"] == pytest.approx(  # the teacher, too, trains without the val split
+        0.01 * steps_per_epoch(n - val, 128) * cfg.teacher.epochs)
     assert plan1["distil"] - plan0["distil"] == pytest.approx(0.01 * 2 * seeds * distill_steps)
     # four arms a seed under each protocol, and equal-compute scratch's extra steps (one distillation's) in each
     assert plan1["fine-tune the arms"] - plan0["fine-tune the arms"] == pytest.approx(
@@ -222,3 +223,21 @@ def test_a_small_folder_gets_enough_distillation_steps():
     given, _ = apply_budget(PretrainRun(distill=DistillBudget(epochs=3)), on_gpu=False,
                             distill_epoch_steps=steps_per_epoch(1287, 128))
     assert given.distill.epochs == 3
+
+
+def test_label_free_stages_are_costed_on_the_images_they_train_and_validate_on():
+    """Every stage holds data.val_fraction out, labelled or not (ImageDataModule.setup): a label-free run's one
+    distillation costs what each of a labelled run's does, and the teacher steps over the training images only."""
+    from repfusion.analysis.controls import steps_per_epoch
+
+    cfg, _ = apply_budget(PretrainRun(seeds=1), on_gpu=False)
+    cfg.distill.cache_views = 0
+    times = _times()
+    label_free = stage_seconds(cfg, facts(), times, True, False, 0)[0]
+    labelled = stage_seconds(cfg, facts(), times, True, True, 270)[0]
+    assert labelled["distil"] == pytest.approx(2 * label_free["distil"])  # RepFusion and the random teacher
+    assert label_free["teacher"] == labelled["teacher"]
+    only_steps = StepTimes(teacher_train=1.0, teacher_forward=0.0, student_train=0.0, student_forward=0.0, batch=128,
+                           finetune_batch=32)
+    teacher_epoch = stage_seconds(cfg, facts(), only_steps, True, False, 0)[1]["teacher.epochs"]
+    assert teacher_epoch == pytest.approx(steps_per_epoch(2700, 128))  # 3,000 images less the 10 % validation split

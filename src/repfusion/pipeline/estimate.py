@@ -351,9 +351,11 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
     """Stage -> estimated seconds (the plan StageProgress shows), and each epoch count's seconds per epoch.
 
     A fine-tuning step at a batch other than the one timed is scaled by images from the nearest timed one."""
-    n = facts.train_images
-    val = cfg.data.val_fraction if labelled else 0.0
-    val_images, batch = round(n * val), times.batch
+    n, val = facts.train_images, cfg.data.val_fraction
+    # every stage, label-free ones too, holds the validation split out and validates on it each epoch (on the
+    # test split where val_fraction is 0: ImageDataModule.setup)
+    train_n = distill_images(facts, val)
+    val_images, batch = (n - train_n) if val > 0 else facts.test_images, times.batch
     student_look, teacher_look = times.student_forward / batch, times.teacher_forward / batch  # seconds an image
     read, train_read = times.item_read, times.item_read + times.augment  # an image read; read and augmented
     seeds = cfg.seeds if labelled else 1
@@ -361,16 +363,15 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
     run, epoch_cost, loop = times.run_overhead, times.epoch_overhead, times.step_overhead
     if times.finetune_loop is not None:  # a clocked run's own cost (export, card, plots) stands for every run's
         run = times.finetune_loop.run  # (never below time_loop's: time_finetune_loop keeps the larger)
-    teacher_epoch = (steps_per_epoch(n, batch) * (times.teacher_train + loop) + n * train_read + epoch_cost
-                     if train_teacher else 0.0)
+    teacher_epoch = (steps_per_epoch(train_n, batch) * (times.teacher_train + loop) + train_n * train_read
+                     + epoch_cost + val_images * (times.sampling_forward / batch + read) if train_teacher else 0.0)
     samples = SAMPLE_STEPS * SAMPLES * times.sampling_forward / batch  # the teacher's sample grid at its end
-    distill_n = distill_images(facts, val)
-    distill_steps = steps_per_epoch(distill_n, batch)
+    distill_steps = steps_per_epoch(train_n, batch)
     cached = cfg.distill.cache_views > 0 and "noised" not in cfg.choice.modes  # the teacher runs once per view
     distill_epoch = distills * (distill_steps * ((0.0 if cached else times.teacher_forward) + times.student_train
-                                                 + loop) + distill_n * train_read + epoch_cost
+                                                 + loop) + train_n * train_read + epoch_cost
                                 + val_images * (teacher_look + student_look + read))
-    fill = cfg.distill.cache_views * distill_n * (teacher_look + read) if cached else 0.0
+    fill = cfg.distill.cache_views * train_n * (teacher_look + read) if cached else 0.0
     passes = len(cfg.choice.timesteps) * len(cfg.choice.modes) * (2 if labelled else 1)
     deepest = max(times.teacher_forward_at.values(), default=times.teacher_forward)  # every candidate read at once
     looked = min(n, cfg.choice.max_images)
