@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
-    from repfusion.analysis.probe import linear_probe, pooled_features, variance_shares
+    from repfusion.analysis.probe import pooled_features, probe_gap, variance_shares
     from repfusion.data import DataConfig, ImageDataModule
     from repfusion.io import write_json, write_text
     from repfusion.pipeline.choice import BLOCK, candidate_layers, capped, decoder_start
@@ -53,18 +53,15 @@ def main() -> None:
     random_teacher = load_teacher(args.teacher, init="random", init_seed=0)
     layers = [n for n, _, shape in teacher.layer_rows() if shape is not None and (BLOCK.match(n) or n == "mid_block")]
     candidates = candidate_layers(teacher)
-    ours, y = pooled_features(teacher, train, 0, "clean", layers, 256, 0)
-    ours_val, y_val = pooled_features(teacher, val, 0, "clean", layers, 256, 1)
-    base, _ = pooled_features(random_teacher, train, 0, "clean", layers, 256, 0)
-    base_val, _ = pooled_features(random_teacher, val, 0, "clean", layers, 256, 1)
+    probed = probe_gap(teacher, random_teacher, train, val, 0, "clean", layers)
     by_t = [pooled_features(teacher, train, t, "clean", candidates, 256, 0)[0] for t in (0, 100, 300)]
     rows = []
     for layer in layers:
-        trained = linear_probe((ours[layer], y), (ours_val[layer], y_val), 1000)
-        rand = linear_probe((base[layer], y), (base_val[layer], y_val), 1000)
         share = variance_shares([f[layer] for f in by_t])[1] if layer in candidates else None
-        rows.append({"layer": layer, "candidate": layer in candidates, "cka_trained_random": linear_cka(ours[layer], base[layer]),
-                     "probe": trained, "random_probe": rand, "gap": trained - rand, "image_share": share})
+        cka = linear_cka(probed.features[layer], probed.random_features[layer])
+        rows.append({"layer": layer, "candidate": layer in candidates, "cka_trained_random": cka,
+                     "probe": probed.trained[layer], "random_probe": probed.random[layer], "gap": probed.gap(layer),
+                     "image_share": share})
     old = max((r for r in rows if r["candidate"]), key=lambda r: r["image_share"])["layer"]
     new = decoder_start(candidates)
     command = "python benchmarks/choice_label_free.py " + shlex.join(sys.argv[1:])

@@ -35,7 +35,7 @@ def main() -> None:
     if not args.data.exists() or not Path(args.teacher).exists():
         print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
         return
-    from repfusion.analysis.probe import linear_probe, pooled_features
+    from repfusion.analysis.probe import probe_gap
     from repfusion.data import DataConfig, ImageDataModule
     from repfusion.io import write_json, write_text
     from repfusion.teachers import load_teacher
@@ -43,17 +43,15 @@ def main() -> None:
     root = args.data / "cifar-10-batches-py"
     splits = ImageDataModule(DataConfig(source="cifar", root=str(root if root.is_dir() else args.data), val_fraction=0.1))
     splits.setup()
-    teachers = {"trained": load_teacher(args.teacher), "random": load_teacher(args.teacher, init="random", init_seed=0)}
+    trained, random = load_teacher(args.teacher), load_teacher(args.teacher, init="random", init_seed=0)
     rows = []
     for point in args.points:
         mode, t = point.split(":")
-        for name, teacher in teachers.items():
-            train, y_train = pooled_features(teacher, splits.train_set, int(t), mode, args.layers, 256, 0)
-            val, y_val = pooled_features(teacher, splits.val_set, int(t), mode, args.layers, 256, 1)
+        probed = probe_gap(trained, random, splits.train_set, splits.val_set, int(t), mode, args.layers, 2000)
+        for name, scores in (("trained", probed.trained), ("random", probed.random)):
             for layer in args.layers:
-                acc = linear_probe((train[layer], y_train), (val[layer], y_val), 2000)
-                rows.append({"teacher": name, "mode": mode, "t": int(t), "layer": layer, "val_probe": acc})
-                print(f"{name:>7} {mode:>6} t={t:<4} {layer:<28} {100 * acc:.2f} %", flush=True)
+                rows.append({"teacher": name, "mode": mode, "t": int(t), "layer": layer, "val_probe": scores[layer]})
+                print(f"{name:>7} {mode:>6} t={t:<4} {layer:<28} {100 * scores[layer]:.2f} %", flush=True)
     command = shlex.join(["python", *sys.argv])
     write_json(args.out / f"{args.name}.json", {"command": command, "rows": rows})
     lines = ["# Teacher layers on the CIFAR-10 subset: trained vs random weights", "", f"Command: `{command}`", "",

@@ -83,6 +83,33 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, n
     return float(model.score(*test))
 
 
+@dataclass
+class ProbeGap:
+    """Per layer, at one (mode, t): the validation probe of a trained teacher and of a random-weight one of its
+    architecture (what the trained weights know beyond the architecture), with their pooled training features."""
+
+    trained: dict[str, float]
+    random: dict[str, float]
+    features: dict[str, np.ndarray]
+    random_features: dict[str, np.ndarray]
+
+    def gap(self, layer: str) -> float:
+        return self.trained[layer] - self.random[layer]
+
+
+def probe_gap(teacher: DiffusionTeacher, random_teacher: DiffusionTeacher, train: Dataset, val: Dataset, t: int,
+              mode: str, layers: Sequence[str], max_iter: int = 1000) -> ProbeGap:
+    """Both teachers' pooled features on the same images with the same noise (seeds 0 and 1), and a linear probe
+    per layer fitted on `train`, scored on `val`."""
+    found = {}
+    for name, model in (("trained", teacher), ("random", random_teacher)):
+        fit, y_fit = pooled_features(model, train, t, mode, layers, 256, 0)
+        score, y_score = pooled_features(model, val, t, mode, layers, 256, 1)
+        found[name] = (fit, {layer: linear_probe((fit[layer], y_fit), (score[layer], y_score), max_iter)
+                             for layer in layers})
+    return ProbeGap(found["trained"][1], found["random"][1], found["trained"][0], found["random"][0])
+
+
 def run_probe(teacher: DiffusionTeacher, train_set: Dataset, test_set: Dataset, cfg: ProbeConfig, out: Path,
               log=print) -> list[dict]:
     """Probe every (layer, mode, t); write probe.json, probe.md and probe.png to `out`; return the rows."""

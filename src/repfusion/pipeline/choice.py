@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..analysis.probe import effective_rank, linear_probe, pooled_features, variance_shares
+from ..analysis.probe import effective_rank, pooled_features, probe_gap, variance_shares
 from ..errors import RepFusionError
 from ..io import write_json, write_text
 from ..teachers import DiffusionTeacher
@@ -96,13 +96,9 @@ def choose(teacher: DiffusionTeacher, random_teacher: DiffusionTeacher | None, t
     rows = []
     if random_teacher is not None:
         for mode, t in grid:
-            ours, y_train = pooled_features(teacher, train, t, mode, layers, 256, 0)
-            ours_val, y_val = pooled_features(teacher, val, t, mode, layers, 256, 1)
-            base, _ = pooled_features(random_teacher, train, t, mode, layers, 256, 0)
-            base_val, _ = pooled_features(random_teacher, val, t, mode, layers, 256, 1)
+            probed = probe_gap(teacher, random_teacher, train, val, t, mode, layers)
             for layer in layers:
-                trained = linear_probe((ours[layer], y_train), (ours_val[layer], y_val), 1000)
-                rand = linear_probe((base[layer], y_train), (base_val[layer], y_val), 1000)
+                trained, rand = probed.trained[layer], probed.random[layer]
                 rows.append({"layer": layer, "mode": mode, "t": t, "probe": trained, "random_probe": rand,
                              "gap": trained - rand})
                 log(f"   {layer:>18} {mode:>7} t={t:<4} probe {100 * trained:5.1f} %, random teacher "
