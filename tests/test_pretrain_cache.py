@@ -1,5 +1,6 @@
 """`pretrain --distill.cache_views`: the cached targets reach every distillation whose chosen input is clean,
-none whose input is noised (a noised target changes every step), and the estimate counts the cheaper epochs."""
+none whose input is noised (a noised target changes every step), the estimate counts the cheaper epochs, and a
+null count (the default) caches where the images and their targets fit in memory."""
 
 from __future__ import annotations
 
@@ -43,3 +44,34 @@ def test_the_estimate_counts_cached_epochs_as_cheaper():
 def test_a_bad_cache_views_is_one_sentence():
     with pytest.raises(RepFusionError, match="distill.cache_views"):
         DistillBudget(cache_views=-1)
+
+
+def test_a_null_count_caches_what_fits_and_says_why_not_otherwise():
+    from repfusion.pipeline.budget import AUTO_CACHE_VIEWS, CACHE_LIMIT_BYTES, auto_cache_views
+
+    views, why = auto_cache_views("clean", 1287, 3 * 16 * 16, 4 * 64 * 4 * 4)  # the digits folder: a few MB
+    assert views == AUTO_CACHE_VIEWS and "cache_views 0" in why
+    noised, why_noised = auto_cache_views("noised", 1287, 3 * 16 * 16, 4 * 64 * 4 * 4)
+    assert noised == 0 and "noised" in why_noised
+    per_image = CACHE_LIMIT_BYTES // 1000  # a large folder at a deep layer: over the limit
+    big, why_big = auto_cache_views("clean", 1000, 0, per_image)
+    assert big == 0 and "GB" in why_big and "cache_views N" in why_big
+
+
+def test_a_null_count_is_resolved_for_the_chosen_layer_and_reaches_both_teachers():
+    """with_cache sizes one target through the truncated teacher; the resolved count is what the distillations
+    get, and a count given by hand is kept as given."""
+    from repfusion.pipeline.run import load_teacher, with_cache
+
+    cfg = PretrainRun(distill=DistillBudget(epochs=2))
+    assert cfg.distill.cache_views is None
+    teacher = load_teacher(cfg, "tiny-16", init="random")
+    choice = Choice(layer="up_blocks.0", mode="clean", t=0, score="", reason="")
+    resolved = with_cache(cfg, choice, teacher, 1287, 16)
+    assert resolved.distill.cache_views == 2
+    for init in ("pretrained", "random"):
+        assert distill_config(resolved, DATA, "tiny-16", "resnet18_cifar", choice, init, 0, True).cache_views == 2
+    noised = with_cache(cfg, Choice(layer="up_blocks.0", mode="noised", t=100, score="", reason=""), teacher, 1287, 16)
+    assert noised.distill.cache_views == 0
+    given = PretrainRun(distill=DistillBudget(epochs=2, cache_views=0))
+    assert with_cache(given, choice, teacher, 1287, 16).distill.cache_views == 0

@@ -133,15 +133,16 @@ class DistillBudget(StageBudget):
     projector: str = "mlp"
     target_stats: str = "pooled"
     # > 0: the teacher's targets computed once per training image and stored augmentation (that many views) instead
-    # of every step, where the chosen input is clean (a noised target changes every step); 1.9-2.3x faster epochs on the
-    # CIFAR subset (benchmarks/results/distill_cache.md), at the price of `cache_views` fixed crops per image
-    cache_views: int = 0
+    # of every step, where the chosen input is clean (a noised target changes every step); 1.85x faster epochs on the
+    # CIFAR subset (benchmarks/results/distill_cache.md), at the price of `cache_views` fixed crops per image; 0: the
+    # teacher every step; null: `budget.auto_cache_views` decides after the choice (2 views where they fit in memory)
+    cache_views: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not whole_number(self.cache_views) or self.cache_views < 0:
-            raise RepFusionError(f"distill.cache_views must be a whole number >= 0 (0: no cache), not "
-                                 f"{self.cache_views}.")
+        if self.cache_views is not None and (not whole_number(self.cache_views) or self.cache_views < 0):
+            raise RepFusionError(f"distill.cache_views must be a whole number >= 0 (0: no cache) or null (cached "
+                                 f"where it fits in memory), not {self.cache_views}.")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from ..data.augment import Augment
 from ..students import build_student
 from ..tasks.protocols import DEFAULT_MENU, effective
 from ..teachers import DiffusionTeacher, model_pixels
+from .budget import AUTO_CACHE_VIEWS
 from .config import PretrainRun
 from .inspect import DataFacts, unlabeled_view
 
@@ -367,11 +368,12 @@ def stage_seconds(cfg: PretrainRun, facts: DataFacts, times: StepTimes, train_te
                      + epoch_cost + val_images * (times.sampling_forward / batch + read) if train_teacher else 0.0)
     samples = SAMPLE_STEPS * SAMPLES * times.sampling_forward / batch  # the teacher's sample grid at its end
     distill_steps = steps_per_epoch(train_n, batch)
-    cached = cfg.distill.cache_views > 0 and "noised" not in cfg.choice.modes  # the teacher runs once per view
+    views = AUTO_CACHE_VIEWS if cfg.distill.cache_views is None else cfg.distill.cache_views  # null: if it fits
+    cached = views > 0 and "noised" not in cfg.choice.modes  # the teacher runs once per view
     distill_epoch = distills * (distill_steps * ((0.0 if cached else times.teacher_forward) + times.student_train
                                                  + loop) + train_n * train_read + epoch_cost
                                 + val_images * (teacher_look + student_look + read))
-    fill = cfg.distill.cache_views * train_n * (teacher_look + read) if cached else 0.0
+    fill = views * train_n * (teacher_look + read) if cached else 0.0
     passes = len(cfg.choice.timesteps) * len(cfg.choice.modes) * (2 if labelled else 1)
     deepest = max(times.teacher_forward_at.values(), default=times.teacher_forward)  # every candidate read at once
     looked = min(n, cfg.choice.max_images)

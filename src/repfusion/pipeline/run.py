@@ -42,7 +42,8 @@ from ..teachers import load_teacher as teacher_from_source
 from ..teachers.train import TeacherRun, train_teacher
 from ..training import OptimConfig
 from .choice import Choice, candidate_layers, check_choice, choose, read_choice
-from .budget import BudgetChoice, accelerated, apply_budget, budget_record, check_budget, fit_to_time, parse_duration
+from .budget import (BudgetChoice, accelerated, apply_budget, auto_cache_views, budget_record, check_budget, fit_to_time,
+                     parse_duration)
 from .config import PretrainRun
 from .estimate import SAMPLE_STEPS, SAMPLES, clock_finetune, distill_images, stage_seconds, time_images, time_models
 from .inspect import DataFacts, inspect_data, unlabeled_view
@@ -152,6 +153,22 @@ def distill_config(cfg: PretrainRun, data: DataConfig, source: str, arch: str, c
         cache_views=cfg.distill.cache_views if choice.mode == "clean" else 0)
 
 
+def with_cache(cfg: PretrainRun, choice: Choice, teacher: DiffusionTeacher, images: int, size: int) -> PretrainRun:
+    """`cfg` with a null `distill.cache_views` decided for the chosen layer (`budget.auto_cache_views`), said."""
+    if cfg.distill.cache_views is not None:
+        return cfg
+    import torch
+
+    from ..distill.module import teacher_target
+
+    with torch.no_grad():  # one image through the truncated teacher: the size of a stored target
+        one = teacher_target(teacher, torch.zeros(1, 3, size, size), torch.full((1,), choice.t, dtype=torch.long),
+                             [choice.layer], choice.mode, torch.zeros(1, dtype=torch.long))
+    views, why = auto_cache_views(choice.mode, images, 3 * size * size, one.numel() * one.element_size())
+    print(f"   teacher targets: {why}", flush=True)
+    return replace(cfg, distill=replace(cfg.distill, cache_views=views))
+
+
 def finetune_config(cfg: PretrainRun, data: DataConfig, arch: str, init: Path | None, seed: int) -> FinetuneRun:
     """Every arm: the labelled subset drawn with the seed (splits fixed), the same augmentation and optimiser."""
     epochs = cfg.finetune.epochs
@@ -204,9 +221,10 @@ def default_arch(size: int) -> str:
 
 def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: DiffusionTeacher, arch: str,
              train_teacher_too: bool, labelled: bool, saved: dict[str, Any] | None = None
-             ) -> tuple[PretrainRun, BudgetChoice, dict[str, float], Callable[[str], dict[str, float]]]:
+             ) -> tuple[PretrainRun, BudgetChoice, dict[str, float], Callable[[str, PretrainRun], dict[str, float]]]:
     """The budget filled in (and sized to `time` if given) with its estimate: stage -> seconds on this machine,
-    and the estimate again for a chosen teacher layer (the teacher forward truncated there).
+    and the estimate again for a chosen teacher layer (the teacher forward truncated there) and the settings
+    resolved after the choice (the cache).
 
     `saved`: the budget a resumed run's first invocation filled, kept as it was (a time target is sized once)."""
     on_gpu = accelerated(cfg.trainer.accelerator)
@@ -229,8 +247,8 @@ def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: Diffus
     if cfg.time is not None and saved is None:
         cfg, budget = fit_to_time(cfg, budget, plan, per_epoch, parse_duration(cfg.time))
         plan, _ = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
-    return cfg, budget, plan, lambda layer: stage_seconds(cfg, facts, times.at_layer(layer), train_teacher_too,
-                                                          labelled, labelled_n)[0]
+    return cfg, budget, plan, lambda layer, chosen: stage_seconds(chosen, facts, times.at_layer(layer),
+                                                                  train_teacher_too, labelled, labelled_n)[0]
 
 
 def with_saved_budget(cfg: PretrainRun, saved: dict[str, Any]) -> PretrainRun:
@@ -317,7 +335,8 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
 
     choice = progress.run("choose the teacher layer and t", choose_now, skipped=read_choice(out) is not None)
     print(f"   chosen: {choice.layer}, {choice.mode} input, t = {choice.t} ({choice.reason})")
-    replanned = at_layer(choice.layer)
+    cfg = with_cache(cfg, choice, teacher, distill_images(facts, data.val_fraction), data.image_size)
+    replanned = at_layer(choice.layer, cfg)
     progress.replan(replanned, after="choose the teacher layer and t")
 
     experiment = Experiment(
