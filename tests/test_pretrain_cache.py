@@ -75,3 +75,20 @@ def test_a_null_count_is_resolved_for_the_chosen_layer_and_reaches_both_teachers
     assert noised.distill.cache_views == 0
     given = PretrainRun(distill=DistillBudget(epochs=2, cache_views=0))
     assert with_cache(given, choice, teacher, 1287, 16).distill.cache_views == 0
+
+
+def test_a_resumed_run_keeps_the_cache_it_started_with(tmp_path):
+    """A run saved before the cache became the default (cache_views 0) resumes uncached; one saved with the null
+    default stays null (decided again, the same way, after the choice); a count given now is kept."""
+    import json
+
+    from repfusion.pipeline.run import settings, with_saved_cache
+
+    old = settings(PretrainRun(distill=DistillBudget(cache_views=0)))
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(settings(PretrainRun())))
+    assert with_saved_cache(PretrainRun(), tmp_path / "old.json").distill.cache_views == 0
+    assert with_saved_cache(PretrainRun(), tmp_path / "new.json").distill.cache_views is None
+    assert with_saved_cache(PretrainRun(distill=DistillBudget(cache_views=3)), tmp_path / "old.json"
+                            ).distill.cache_views == 3
+    assert with_saved_cache(PretrainRun(), None).distill.cache_views is None  # a fresh run

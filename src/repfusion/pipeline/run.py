@@ -112,6 +112,15 @@ def with_menu(cfg: PretrainRun, arch: str, validation: bool, labelled: bool, sav
     return replace(cfg, finetune=replace(cfg.finetune, protocols=list(menu)))
 
 
+def with_saved_cache(cfg: PretrainRun, saved: Path | None) -> PretrainRun:
+    """A resumed run whose `distill.cache_views` is null keeps the count it started with (0 for a run saved before
+    the cache became the default, 2026-12-07): its finished distillations were made that way."""
+    if cfg.distill.cache_views is not None or saved is None or not saved.is_file():
+        return cfg
+    started = json.loads(saved.read_text()).get("distill", {}).get("cache_views", 0)
+    return replace(cfg, distill=replace(cfg.distill, cache_views=started))
+
+
 def settings(cfg: PretrainRun) -> dict[str, Any]:
     """What the stages depend on (progress and hardware may change on resume)."""
     found = asdict(cfg)
@@ -276,6 +285,7 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     labelled = facts.labelled
     menu_given = cfg.finetune.protocols is not None  # a null menu's lpft is named only where the probe head exists
     cfg = with_menu(cfg, arch, data.val_fraction > 0, labelled, out / SETTINGS_FILE if resume else None)
+    cfg = with_saved_cache(cfg, out / SETTINGS_FILE if resume else None)
     if labelled and len(cfg.finetune.protocols) > 1 and not data.val_fraction > 0:
         raise RepFusionError("finetune.protocols names several protocols, which are chosen between on the validation "
                              "split, but data.val_fraction is 0 (the test split would choose); give data.val_fraction "
