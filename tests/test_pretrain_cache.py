@@ -92,3 +92,12 @@ def test_a_resumed_run_keeps_the_cache_it_started_with(tmp_path):
     assert with_saved_cache(PretrainRun(distill=DistillBudget(cache_views=3)), tmp_path / "old.json"
                             ).distill.cache_views == 3
     assert with_saved_cache(PretrainRun(), None).distill.cache_views is None  # a fresh run
+
+
+def test_the_report_says_how_the_teacher_targets_were_made():
+    from repfusion.pipeline.report import cached
+
+    two = PretrainRun(distill=DistillBudget(cache_views=2))
+    assert "2 views" in cached(two, {"mode": "clean"})
+    assert cached(two, {"mode": "noised"}) == "the teacher run on every step"  # distill_config caches clean only
+    assert cached(PretrainRun(distill=DistillBudget(cache_views=0)), {"mode": "clean"}) == "the teacher run on every step"

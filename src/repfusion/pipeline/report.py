@@ -49,6 +49,13 @@ def protocol_section(result: dict[str, Any]) -> list[str]:
             "| arm | kept, per seed | validation | test |", "|---|---|---|---|", *rows, ""]
 
 
+def cached(cfg: Any, choice: dict[str, Any]) -> str:
+    """How the distillations got the teacher's targets (`distill_config` caches only a clean input)."""
+    views = (cfg.distill.cache_views or 0) if choice["mode"] == "clean" else 0
+    return (f"the teacher's targets computed once per training image and stored view ({views} views an image)"
+            if views else "the teacher run on every step")
+
+
 def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
     data, facts, choice = result["data"], result["data"]["facts"], result["choice"]
     where = data.get("root") or data["source"]
@@ -61,7 +68,7 @@ def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
              "## Teacher layer and t", "", f"`{choice['layer']}`, {choice['mode']} input, t = {choice['t']}: "
              f"{choice['reason']} Details: [choice.md](choice.md).", "",
              "## Distillation", "", f"Label-free dense hint on that layer ({cfg.distill.epochs} epochs), the target "
-             "standardised per channel. Seed 0, trained teacher:", "",
+             f"standardised per channel, {cached(cfg, choice)}. Seed 0, trained teacher:", "",
              "![curves](distill-repfusion-seed0/curves.png)", ""]
     if "summary" in result:
         summary = result["summary"]
