@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from cifar_transfer import SHARED, distill_config, held, portable, portable_command  # noqa: E402
+from cifar_transfer import SHARED, distil_and_probe, distill_config, portable, portable_command  # noqa: E402
 
 
 def main() -> None:
@@ -40,9 +38,7 @@ def main() -> None:
         print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
         return
     from repfusion.analysis.stats import paired_difference
-    from repfusion.analysis.student_probe import probe_student
     from repfusion.data import DataConfig, ImageDataModule
-    from repfusion.distill.run import run_distillation
     from repfusion.io import write_json, write_text
 
     data = DataConfig(source="cifar", root=str(args.data / "cifar-10-batches-py"), batch_size=128, val_fraction=0.1,
@@ -54,16 +50,8 @@ def main() -> None:
                                                 "cached": {"probe": [], "seconds": []}}
     for seed in args.seed_list:
         for name, views in (("every step", 0), ("cached", args.views)):
-            run_dir = args.work / f"seed{seed}-views{views}"
-            done = run_dir / "summary.json"
-            if not done.exists():
-                cfg = dataclasses.replace(distill_config("ours", ns, data, seed), cache_views=views)
-                with held(args.lock):
-                    start = time.time()
-                    run_distillation(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
-                    probe = probe_student(run_dir, splits.train_set, splits.val_set)
-                    write_json(done, {"seconds": time.time() - start, "val_probe": probe})
-            summary = json.loads(done.read_text())
+            cfg = dataclasses.replace(distill_config("ours", ns, data, seed), cache_views=views)
+            summary = distil_and_probe(cfg, args.work / f"seed{seed}-views{views}", splits, args.lock)
             found[name]["probe"].append(100 * summary["val_probe"]["linear_probe"])
             found[name]["seconds"].append(summary["seconds"])
             print(f"seed {seed} {name:>10}: val probe {found[name]['probe'][-1]:.2f} % "

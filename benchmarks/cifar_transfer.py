@@ -153,6 +153,25 @@ def held(lock: Path | None):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def distil_and_probe(cfg, run_dir: Path, splits, lock: Path | None) -> dict:
+    """Distil `cfg` into `run_dir` (a killed run resumes) and probe the frozen student on `splits`; summary.json
+    keeps the seconds (the distillation with its validation passes, and the probe's fit), the last epoch's t
+    distribution and the probe, so a rerun reads the finished run back instead of training it again."""
+    from repfusion.analysis.student_probe import probe_student
+    from repfusion.distill.run import run_distillation
+    from repfusion.io import write_json
+
+    done = run_dir / "summary.json"
+    if not done.exists():
+        with held(lock):
+            start = time.time()
+            run_distillation(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
+            t_hist = json.loads((run_dir / "timesteps.json").read_text())["history"]
+            probe = probe_student(run_dir, splits.train_set, splits.val_set)
+        write_json(done, {"seconds": time.time() - start, "final_t_distribution": t_hist[-1], "val_probe": probe})
+    return json.loads(done.read_text())
+
+
 def trainer(epochs: int, seed: int):
     from repfusion.training import TrainerConfig
 
@@ -203,7 +222,6 @@ def main() -> None:
     from repfusion.analysis.controls import steps_per_epoch
     from repfusion.analysis.student_probe import probe_student
     from repfusion.data import DataConfig, ImageDataModule
-    from repfusion.distill.run import run_distillation
     from repfusion.io import write_json
 
     root = str(args.data / "cifar-10-batches-py") if (args.data / "cifar-10-batches-py").is_dir() else str(args.data)
@@ -224,16 +242,7 @@ def main() -> None:
                 torch.manual_seed(seed)
                 probe = probe_student("random:resnet18_cifar", splits.train_set, splits.val_set, width=args.width)
                 write_json(done, {"seconds": 0.0, "final_t_distribution": None, "val_probe": probe})
-            if not done.exists():
-                with held(args.lock):
-                    start = time.time()
-                    run_distillation(distill_config(arm, args, data, seed), run_dir,
-                                     resume=(run_dir / "checkpoints" / "last.ckpt").exists())
-                    t_hist = json.loads((run_dir / "timesteps.json").read_text())["history"]
-                    probe = probe_student(run_dir, splits.train_set, splits.val_set)
-                write_json(done, {"seconds": time.time() - start, "final_t_distribution": t_hist[-1],
-                                  "val_probe": probe})
-            summary = json.loads(done.read_text())
+            summary = distil_and_probe(distill_config(arm, args, data, seed), run_dir, splits, args.lock)
             results["distill"].setdefault(arm, []).append(summary)
             below = sum(summary["final_t_distribution"][:6]) if summary["final_t_distribution"] else float("nan")
             print(f"distill {arm:>12} seed {seed}: val linear probe {100 * summary['val_probe']['linear_probe']:.2f} %,"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import shutil
 import statistics
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-from cifar_transfer import SHARED, distill_config, held, portable, portable_command  # noqa: E402
+from cifar_transfer import SHARED, distil_and_probe, distill_config, held, portable, portable_command  # noqa: E402
 
 
 class EpochClock:
@@ -95,7 +94,6 @@ def main() -> None:
         print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
         return
     from repfusion.analysis.plots import plt
-    from repfusion.analysis.student_probe import probe_student
     from repfusion.data import DataConfig, ImageDataModule
     from repfusion.distill.run import run_distillation
     from repfusion.io import save_figure, write_json, write_text
@@ -130,18 +128,9 @@ def main() -> None:
         for arm in ("ours", "ours-random"):
             if arm == "ours-random" and epochs not in random_epochs:
                 continue
-            run_dir = args.work / arm / f"epochs{epochs}"
-            done = run_dir / "summary.json"
-            if not done.exists():
-                ns.distill_epochs = epochs
-                cfg = dataclasses.replace(distill_config(arm, ns, data, args.seed), cache_views=args.views)
-                with held(args.lock):
-                    start = time.time()
-                    run_distillation(cfg, run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
-                    probe = probe_student(run_dir, splits.train_set, splits.val_set)
-                    seconds_taken = time.time() - start  # with each epoch's validation and the probe's fit
-                write_json(done, {"seconds": seconds_taken, "val_probe": probe})
-            summary = json.loads(done.read_text())
+            ns.distill_epochs = epochs
+            cfg = dataclasses.replace(distill_config(arm, ns, data, args.seed), cache_views=args.views)
+            summary = distil_and_probe(cfg, args.work / arm / f"epochs{epochs}", splits, args.lock)
             curve[arm][epochs] = summary["val_probe"]["linear_probe"]
             seconds[arm][epochs] = summary["seconds"]
             print(f"{arm:>11} {epochs:>3} cached epochs: val probe {100 * curve[arm][epochs]:.2f} % "
