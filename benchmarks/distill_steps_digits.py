@@ -38,6 +38,8 @@ def main() -> None:
     from repfusion.analysis.controls import steps_per_epoch
     from repfusion.analysis.stats import paired_difference
     from repfusion.io import write_json, write_text
+    from repfusion.pipeline.estimate import distill_images
+    from repfusion.pipeline.inspect import DataFacts
 
     rows, record = [], {"command": "python " + shlex.join(["benchmarks/distill_steps_digits.py", *sys.argv[1:]]),
                         "runs": {}}
@@ -68,7 +70,7 @@ def main() -> None:
         init = paired_difference(probe["repfusion"], probe["random init"])
         random = paired_difference(probe["repfusion"], probe["random-teacher"])
         data = result["data"]  # the steps of one distillation epoch on this folder, as the budget counts them
-        epoch_steps = steps_per_epoch(round(data["facts"]["train_images"] * (1 - data["val_fraction"])),
+        epoch_steps = steps_per_epoch(distill_images(DataFacts(**data["facts"]), data["val_fraction"]),
                                       result["config"]["distill"]["batch_size"] or data["batch_size"])
         steps = int(epochs) * epoch_steps
         record["runs"][name] = {"teacher_epochs": int(teacher_epochs or 12), "epochs": int(epochs),

@@ -7,8 +7,9 @@ budgets the issue's user gave by hand, 18 min on 3,678 digits). `budget: auto` p
 trainer would use. On a small folder an epoch is a few steps (1,287 digits at batch 128: 10), so the budget's
 distillation epochs are raised until each distillation takes `MIN_DISTILL_STEPS` steps (at most `MAX_EPOCH_RAISE`
 times the budget's epochs): with 60 steps the distilled student's frozen probe on a digits folder sat 3 points under
-its random initialisation, with 240 it sat 4.4 above (benchmarks/results/distill_steps_digits.md). A wall-time target (`time: 30min`) then scales every epoch count it did not get from the user
-so that the up-front estimate (`estimate.py`) fits the target. Values given on the command line or in YAML are
+its random initialisation, with 240 it sat 4.4 above (benchmarks/results/distill_steps_digits.md). A wall-time
+target (`time: 30min`) then scales every epoch count it did not get from the user so that the up-front estimate
+(`estimate.py`) fits the target. Values given on the command line or in YAML are
 never changed: the budget fills only what is left null.
 """
 
@@ -103,9 +104,8 @@ def auto_cache_views(mode: str, images: int, image_bytes: int, target_bytes: int
     epoch on the CIFAR subset (distill_cache.md); each image is then seen in 2 fixed views, which moved the frozen
     student's probe by -1.42 [-5.84, +3.00] points on CIFAR at equal epochs (cache_pairs.md, 5 seeds) and by +3.0
     on the digits folder (85.6 against 82.5 %, 3 seeds): inside the noise both ways. The cost is memory on the
-    training device: every image (uint8)
-    and `AUTO_CACHE_VIEWS` targets of it. Over `CACHE_LIMIT_BYTES` (a large folder, a deep layer) the teacher runs
-    every step, and the user may still ask for a cache by hand."""
+    training device: every image (uint8) and `AUTO_CACHE_VIEWS` targets of it. Over `CACHE_LIMIT_BYTES` (a large
+    folder, a deep layer) the teacher runs every step, and the user may still ask for a cache by hand."""
     if mode != "clean":
         return 0, "the teacher every step (the chosen input is noised: its targets change every step)"
     held = images * (image_bytes + AUTO_CACHE_VIEWS * target_bytes)

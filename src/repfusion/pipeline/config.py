@@ -144,6 +144,11 @@ class DistillBudget(StageBudget):
             raise RepFusionError(f"distill.cache_views must be a whole number >= 0 (0: no cache) or null (cached "
                                  f"where it fits in memory), not {self.cache_views}.")
 
+    def views_for(self, mode: str) -> int:
+        """The stored views a distillation of this input gets: none for a noised one (its target changes every
+        step), none while the count is still null (before `pipeline.run.with_cache` decides it)."""
+        return (self.cache_views or 0) if mode == "clean" else 0
+
 
 @dataclass
 class FinetuneBudget(StageBudget):

@@ -50,8 +50,8 @@ def protocol_section(result: dict[str, Any]) -> list[str]:
 
 
 def cached(cfg: Any, choice: dict[str, Any]) -> str:
-    """How the distillations got the teacher's targets (`distill_config` caches only a clean input)."""
-    views = (cfg.distill.cache_views or 0) if choice["mode"] == "clean" else 0
+    """How the distillations got the teacher's targets (`DistillBudget.views_for`, as `distill_config` reads it)."""
+    views = cfg.distill.views_for(choice["mode"])
     return (f"the teacher's targets computed once per training image and stored view ({views} views an image)"
             if views else "the teacher run on every step")
 

@@ -159,15 +159,13 @@ def distill_config(cfg: PretrainRun, data: DataConfig, source: str, arch: str, c
         timesteps=TimestepConfig(strategy="fixed", t=choice.t), reward="none",
         data=replace(unlabeled_view(data), batch_size=batch), optim=OptimConfig(lr=cfg.distill.lr),
         trainer=replace(cfg.trainer, max_epochs=cfg.distill.epochs, seed=seed),
-        cache_views=cfg.distill.cache_views if choice.mode == "clean" else 0)
+        cache_views=cfg.distill.views_for(choice.mode))
 
 
 def with_cache(cfg: PretrainRun, choice: Choice, teacher: DiffusionTeacher, images: int, size: int) -> PretrainRun:
     """`cfg` with a null `distill.cache_views` decided for the chosen layer (`budget.auto_cache_views`), said."""
     if cfg.distill.cache_views is not None:
         return cfg
-    import torch
-
     from ..distill.module import teacher_target
 
     with torch.no_grad():  # one image through the truncated teacher: the size of a stored target
