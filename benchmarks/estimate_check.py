@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "estimate_check")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", default="estimate_check")
+    parser.add_argument("--seeds", type=int, default=None, help="pass --seeds to pretrain (null: its default, 3)")
+    parser.add_argument("--seed-offset", type=int, default=0, help="pass --seed_offset to pretrain (the first seed)")
     args = parser.parse_args()
     from repfusion.cli import main as repfusion
     from repfusion.io import write_json, write_text
@@ -56,9 +58,14 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     images = write_folder(args.work / "digits", args.size)
     argv = ["pretrain", "--data.root", str(args.work / "digits"), "--data.label_fraction", "0.1",
-            "--trainer.progress", "false", "--run-dir", str(args.work / "run")]
+            "--trainer.progress", "false"]
     if args.time:
         argv += ["--time", args.time]
+    if args.seeds is not None:
+        argv += ["--seeds", str(args.seeds)]
+    if args.seed_offset:
+        argv += ["--seed_offset", str(args.seed_offset)]
+    argv += ["--run-dir", str(args.work / "run")]  # last: the recorded command leaves it out
     printed = io.StringIO()
     began = time.time()
     with contextlib.redirect_stdout(printed):
@@ -74,6 +81,7 @@ def main() -> None:
     record = {"command": "python " + shlex.join(["benchmarks/estimate_check.py", *sys.argv[1:]]),
               "pretrain": "repfusion " + shlex.join(argv[:1] + ["--data.root", "DIGITS"] + argv[3:-2]),
               "machine": platform.processor() or platform.machine(), "images": images, "size": args.size,
+              "seeds": result["seeds"], "paired": result.get("paired", []),
               "budget": result["budget"], "estimate_s": estimate, "timings_s": spent, "estimate_total_s": said,
               "estimate_after_choice_s": after,
               "wall_s": wall, "ratio": wall / said}

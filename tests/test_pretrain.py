@@ -108,7 +108,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, capsys):
     for args, said in ((["--data.root", str(tmp_path / "missing")], "does not exist"),
                        (["--data.source", "folder"], "--data.root"),
                        (["--data.root", str(tmp_path), "--teacher.source", str(tmp_path / "no-teacher")], "teacher"),
-                       (["--seeds", "0"], "seeds")):
+                       (["--seeds", "0"], "seeds"), (["--seed_offset", "-1"], "seed_offset")):
         assert main(["pretrain", *args, "--run-dir", str(tmp_path / "run")]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and said in err[0], (args, err)
@@ -260,3 +260,21 @@ def test_a_menu_without_a_validation_split_is_refused_before_anything_is_written
                            "--finetune.protocols", "[plain, lpft]") == 1
     assert "data.val_fraction is 0 (the test split would choose)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_seed_offset_runs_every_arm_on_seeds_the_defaults_never_used(tmp_path, tiny_teacher_dir):
+    """--seed_offset 5 --seeds 2: seeds 5 and 6 (their own distillations, random teachers and labelled subsets),
+    recorded in results.json and the report; the exported backbone is seed 5's."""
+    out = tmp_path / "run"
+    assert pretrain_digits(tmp_path, tiny_teacher_dir, 6, "--data.batch_size", "16", "--seed_offset", "5") == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["seeds"] == [5, 6] and all(entry["n"] == 2 for entry in result["paired"])
+    for arm in ("repfusion", "random-teacher"):
+        assert sorted(p.name for p in out.glob(f"distill-{arm}-seed*")) == [f"distill-{arm}-seed5",
+                                                                              f"distill-{arm}-seed6"]
+    assert sorted(p.name for p in out.glob("finetune-scratch-seed*-plain")) == ["finetune-scratch-seed5-plain",
+                                                                                 "finetune-scratch-seed6-plain"]
+    weights = "diffusion_pytorch_model.safetensors"
+    assert (out / "student" / weights).read_bytes() == (out / "distill-repfusion-seed5" / "student" / weights).read_bytes()
+    report = (out / "report.md").read_text()
+    assert "2 seeds (5, 6)" in report and "distill-repfusion-seed5/curves.png" in report

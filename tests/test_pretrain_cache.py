@@ -101,3 +101,89 @@ def test_the_report_says_how_the_teacher_targets_were_made():
     assert "2 views" in cached(two, {"mode": "clean"})
     assert cached(two, {"mode": "noised"}) == "the teacher run on every step"  # distill_config caches clean only
     assert cached(PretrainRun(distill=DistillBudget(cache_views=0)), {"mode": "clean"}) == "the teacher run on every step"
+
+
+
+def linear_distil(every_step_epoch: float, cached_epoch: float, fill: float, run: float = 3.0):
+    """A distillation stage's estimate: run + epochs x (an epoch's seconds), the cache's fill once; a null count
+    (decided after the choice) is estimated cached, as stage_seconds does for clean candidates."""
+    def distil_s(cfg: PretrainRun) -> float:
+        views = cfg.distill.cache_views
+        return run + (fill + cfg.distill.epochs * cached_epoch if views != 0 else cfg.distill.epochs * every_step_epoch)
+    return distil_s
+
+
+def filled(epochs: int, **changes):
+    from repfusion.pipeline.budget import BudgetChoice
+
+    return BudgetChoice(name="cpu", reason="auto: no GPU, a CPU", filled={"distill.epochs": epochs}, **changes)
+
+
+@pytest.mark.parametrize("views", [None, 2])
+def test_the_time_the_cache_saves_is_given_back_as_distillation_epochs(views):
+    """24 epochs of 10 s with the teacher every step = 240 s; cached epochs of 5 s after a 30 s fill: 42 epochs
+    fit (30 + 42 x 5 = 240); the budget records them with the epochs it had, and says why."""
+    from repfusion.pipeline.budget import raise_for_cache
+
+    cfg = PretrainRun(distill=DistillBudget(epochs=24, cache_views=views))
+    out, budget = raise_for_cache(cfg, filled(24), linear_distil(10.0, 5.0, 30.0))
+    assert out.distill.epochs == 42 and budget.filled["distill.epochs"] == 42 and budget.uncached_epochs == 24
+    assert "distillation 42 epochs, not 24" in budget.reason
+    assert linear_distil(10.0, 5.0, 30.0)(out) <= linear_distil(10.0, 5.0, 30.0)(
+        PretrainRun(distill=DistillBudget(epochs=24, cache_views=0)))  # no longer than the teacher every step
+
+
+def test_the_raise_is_capped_and_only_where_the_budget_filled_cached_epochs():
+    from dataclasses import replace
+
+    from repfusion.pipeline.budget import MAX_CACHE_RAISE, raise_for_cache
+
+    cached = PretrainRun(distill=DistillBudget(epochs=6, cache_views=2))
+    capped, _ = raise_for_cache(cached, filled(6), linear_distil(100.0, 1.0, 0.0))
+    assert capped.distill.epochs == MAX_CACHE_RAISE * 6
+    untouched = [
+        (cached, filled(6, target_s=600.0)),  # a time target sizes the epochs with the cache already counted
+        (cached, replace(filled(6), filled={})),  # the user gave the epochs
+        (PretrainRun(distill=DistillBudget(epochs=6, cache_views=0)), filled(6)),  # the teacher every step
+    ]
+    for cfg, budget in untouched:
+        out, kept = raise_for_cache(cfg, budget, linear_distil(10.0, 5.0, 30.0))
+        assert out.distill.epochs == 6 and kept == budget
+    slow, kept = raise_for_cache(cached, filled(6), linear_distil(10.0, 9.0, 30.0))  # the fill eats the saving
+    assert slow.distill.epochs == 6 and kept.uncached_epochs is None
+
+
+def test_epochs_raised_for_a_cache_the_chosen_input_does_not_get_go_back():
+    """Raised up front (clean candidates, cache assumed); the choice's input is not cached (views 0): the budget's
+    epochs again, said; cached: kept. A resumed run (its budget.json) undoes the same way."""
+    from repfusion.pipeline.budget import BudgetChoice, budget_record, raise_for_cache, undo_cache_raise
+
+    cfg, budget = raise_for_cache(PretrainRun(distill=DistillBudget(epochs=24)), filled(24),
+                                  linear_distil(10.0, 5.0, 30.0))
+    kept, same, why = undo_cache_raise(cfg, budget, 2)
+    assert kept.distill.epochs == 42 and same == budget and why is None
+    back, undone, why = undo_cache_raise(cfg, budget, 0)
+    assert back.distill.epochs == 24 and undone.filled["distill.epochs"] == 24 and undone.uncached_epochs is None
+    assert "24 epochs after all" in why and why in undone.reason
+    resumed = BudgetChoice(**budget_record(budget))
+    assert resumed == budget and undo_cache_raise(cfg, resumed, 0)[0].distill.epochs == 24
+    old = {k: v for k, v in budget_record(filled(24)).items() if k != "uncached_epochs"}  # saved before the raise
+    assert undo_cache_raise(PretrainRun(distill=DistillBudget(epochs=24)), BudgetChoice(**old), 0)[2] is None
+
+
+def test_the_estimate_after_the_choice_counts_the_cache_for_a_clean_choice_among_noised_candidates():
+    """With noised candidates the up-front estimate cannot count the cache; once clean input is chosen (the
+    candidate modes narrowed to it, as run_pretrain does) the cached epochs are counted cheaper."""
+    from dataclasses import replace
+
+    facts = DataFacts(layout="class sub-folders", labels="folders", train_images=3000, test_images=500, classes=10,
+                      native_size=16, grayscale=True, image_size=16, size_reason="test")
+    times = StepTimes(teacher_train=0.2, teacher_forward=0.5, student_train=0.1, student_forward=0.02, batch=128,
+                      finetune_batch=32)
+    cfg = PretrainRun(distill=DistillBudget(epochs=20, cache_views=2))
+    cfg.finetune.epochs, cfg.teacher.epochs = 5, 5
+    both = replace(cfg, choice=replace(cfg.choice, modes=["clean", "noised"]))
+    clean = replace(cfg, choice=replace(cfg.choice, modes=["clean"]))
+    assert stage_seconds(clean, facts, times, True, True, 270)[0]["distil"] < stage_seconds(
+        both, facts, times, True, True, 270)[0]["distil"] / 2
+

@@ -24,6 +24,12 @@ TEACHERS = {"repfusion": "pretrained", "random-teacher": "random"}  # distilled 
 CONTROLS = ("random-teacher", "scratch", "scratch-equal")
 
 
+def seed_range(cfg: Any) -> range:
+    """The seeds a plan or experiment runs: `seeds` of them from `first_seed` (0 unless the caller sets it)."""
+    first = getattr(cfg, "first_seed", 0)
+    return range(first, first + cfg.seeds)
+
+
 def distill_dir(out: Path, arm: str, seed: int) -> Path:
     return out / f"distill-{arm}-seed{seed}"
 
@@ -46,7 +52,7 @@ def distill_arms(cfg: Any, out: Path, make_run: Callable[[str, int], Any],
     and the random-weight one); `make_run(init, seed)` gives the run's config, so each demo keeps its own recipe."""
     from .distill.run import run_distillation
 
-    for seed in range(cfg.seeds):
+    for seed in seed_range(cfg):
         for arm, init in teachers.items():
             run_dir = distill_dir(out, arm, seed)
             run_once(run_dir / "student" / "config.json",
@@ -98,7 +104,7 @@ def finetune_arms(cfg: Any, out: Path, make_run: Callable[[Path | None, int], Fi
     from .tasks.protocols import chosen, effective
 
     found = ArmScores({arm: [] for arm in ARMS}, {arm: [] for arm in ARMS})
-    for seed in range(cfg.seeds):
+    for seed in seed_range(cfg):
         for arm in ARMS:
             init = init_of(out, arm, seed)
             runs: dict[str, tuple[Path, FinetuneRun]] = {}

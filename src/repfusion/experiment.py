@@ -87,7 +87,8 @@ class Experiment:
     distillation, from the trained teacher, and nothing fine-tuned or compared. fraction: the label fraction
     the paired entries record (None: not recorded). `seeds` and `resume` are what `arms` reads. protocols:
     the fine-tuning protocols every arm runs (`tasks.protocols`), several chosen between per seed and arm on the
-    validation split; `apply(run, name)` gives a fine-tune's config under one (the caller's protocol settings)."""
+    validation split; `apply(run, name)` gives a fine-tune's config under one (the caller's protocol settings).
+    first_seed: the first of the `seeds` seeds (`arms.seed_range`)."""
 
     task: str
     out: Path
@@ -99,6 +100,7 @@ class Experiment:
     fraction: float | None = None
     protocols: tuple[str, ...] = ("plain",)
     apply: Callable[[FinetuneRun, str], FinetuneRun] = lambda run, name: run
+    first_seed: int = 0
 
     def __post_init__(self) -> None:
         task_metric(self.task)  # an unknown task stops here, before anything runs
@@ -139,7 +141,7 @@ def run_arms(exp: Experiment, stage: Stage, distill_stage: str, finetune_stage: 
     backbones: export, probes), fine-tune every arm on every seed (`finetune_stage`) and compare them on the
     task's metric. Label-free (`exp.compare` False): the one distillation, `between`, and None."""
     teachers = TEACHERS if exp.compare else {"repfusion": TEACHERS["repfusion"]}
-    plan = exp if exp.compare else Plan(1, exp.resume)  # without labels nothing compares the controls
+    plan = exp if exp.compare else Plan(1, exp.resume, exp.first_seed)  # without labels nothing compares the controls
     stage(distill_stage, lambda: distill_arms(plan, exp.out, exp.distill, teachers))
     if between is not None:
         between()
@@ -158,6 +160,7 @@ class Plan:
 
     seeds: int
     resume: bool
+    first_seed: int = 0
 
 
 def peak_rss_mb() -> float:

@@ -227,8 +227,8 @@ def pretrain_cards(out: Path, teacher: str | None, metrics: list[dict[str, Any]]
     teacher: the run's teacher source (a hub id, or the folder it trained); metrics: the report's
     (`pipeline.report.card_metrics(result)`: per arm a mean with its per-seed `runs`, the repfusion arm as
     arm None, probes and paired differences).
-    RUN/student/ (the seed-0 RepFusion backbone, copied from its distill run): its teacher path rebased to
-    RUN, and the metrics, from which the card takes seed 0's own numbers for `model-index` and shows every
+    RUN/student/ (the first seed's RepFusion backbone, copied from its distill run): its teacher path rebased to
+    RUN, and the metrics, from which the card takes the first seed's own numbers for `model-index` and shows every
     arm's mean in its own section. Each RUN/finetune-ARM-seedS/model/: its arm and seed as facts, its own test
     metrics kept, every arm's means and the paired differences beside them (docs/usage.md: a fine-tune card
     carries the arms).

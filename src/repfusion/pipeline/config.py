@@ -213,6 +213,9 @@ class PretrainRun:
     finetune 50 epochs, width 1.0), cpu (12, 6, 25, width 0.25), or auto (gpu where the trainer finds a CUDA
     GPU, else cpu). time: a wall-time target (30min, 1h30min) that scales those filled epoch counts so the
     up-front estimate fits it; values given by hand are never changed.
+
+    seed_offset: the first seed (seeds are seed_offset, seed_offset + 1, ...), so a result is rerun on seeds it
+    never used: each seed draws its own distillations, random teacher and labelled subset.
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(source="folder", labels="auto"))
@@ -222,6 +225,7 @@ class PretrainRun:
     distill: DistillBudget = field(default_factory=DistillBudget)
     finetune: FinetuneBudget = field(default_factory=FinetuneBudget)
     seeds: int = 3
+    seed_offset: int = 0
     budget: str = "auto"
     time: str | None = None
     auto_flip: bool = True  # flips off when images are told from their mirrors (digits, text); see inspect.py

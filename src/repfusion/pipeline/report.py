@@ -68,8 +68,8 @@ def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
              "## Teacher layer and t", "", f"`{choice['layer']}`, {choice['mode']} input, t = {choice['t']}: "
              f"{choice['reason']} Details: [choice.md](choice.md).", "",
              "## Distillation", "", f"Label-free dense hint on that layer ({cfg.distill.epochs} epochs), the target "
-             f"standardised per channel, {cached(cfg, choice)}. Seed 0, trained teacher:", "",
-             "![curves](distill-repfusion-seed0/curves.png)", ""]
+             f"standardised per channel, {cached(cfg, choice)}. Seed {cfg.seed_offset}, trained teacher:", "",
+             f"![curves](distill-repfusion-seed{cfg.seed_offset}/curves.png)", ""]
     if "summary" in result:
         summary = result["summary"]
         fraction = 100 * data["label_fraction"]
@@ -77,7 +77,8 @@ def write_report(out: Path, result: dict[str, Any], cfg: Any) -> None:
                   f"{Path(where).name}, {fraction:g} % labels: RepFusion and its controls")
         parts += ["## Result", "",
                   f"Fine-tuned on {fraction:g} % of the training labels (a stratified subset drawn per seed, the same "
-                  f"for every arm), {cfg.seeds} seeds, each with its own distillations; scratch "
+                  f"for every arm), {cfg.seeds} seeds ({', '.join(map(str, result['seeds']))}), each with its own "
+                  "distillations; scratch "
                   f"({cfg.finetune.epochs} epochs), scratch-equal (as many steps as distillation plus fine-tuning), "
                   "repfusion, and random-teacher (the same recipe from a random-weight teacher of the same "
                   "architecture: repfusion - random-teacher is what the diffusion model's knowledge adds).", "",

@@ -24,7 +24,7 @@ import torch
 from ..analysis.controls import labelled_images, paired_entry, steps_per_epoch
 from ..analysis.student_probe import probe_student
 from ..data import DataConfig, ImageDataModule
-from ..arms import ARMS, TEACHERS, distill_dir, run_once
+from ..arms import ARMS, TEACHERS, distill_dir, run_once, seed_range
 from ..distill.run import DistillRun, LossSection, StudentSection, TeacherSection
 from ..distill.timesteps import TimestepConfig
 from ..errors import RepFusionError
@@ -43,7 +43,7 @@ from ..teachers.train import TeacherRun, train_teacher
 from ..training import OptimConfig
 from .choice import Choice, candidate_layers, check_choice, choose, read_choice
 from .budget import (BudgetChoice, accelerated, apply_budget, auto_cache_views, budget_record, check_budget, fit_to_time,
-                     parse_duration)
+                     parse_duration, raise_for_cache, undo_cache_raise)
 from .config import PretrainRun
 from .estimate import SAMPLE_STEPS, SAMPLES, clock_finetune, distill_images, stage_seconds, time_images, time_models
 from .inspect import DataFacts, inspect_data, unlabeled_view
@@ -61,6 +61,8 @@ def check_pretrain(cfg: PretrainRun) -> None:
     whether the student can be built (kept here, not in `StudentChoice`: it imports the student's library)."""
     if not whole_number(cfg.seeds) or cfg.seeds < 1:
         raise RepFusionError(f"seeds must be a whole number >= 1 (or null for the budget's), not {cfg.seeds}.")
+    if not whole_number(cfg.seed_offset) or cfg.seed_offset < 0:
+        raise RepFusionError(f"seed_offset must be a whole number >= 0 (the first seed), not {cfg.seed_offset}.")
     check_budget(cfg)
     if cfg.data.source == "folder" and not cfg.data.root:
         raise RepFusionError("Give the folder of images with --data.root PATH (any nesting; class sub-folders or "
@@ -84,10 +86,14 @@ def check_out(out: Path, resume: bool, wanted: dict[str, Any], saved_name: str =
 
 # settings added after runs were saved without them, with the value those runs had: such a run still resumes
 LATER_KEYS = {"finetune": {"protocols": ["plain"], "lpft_lr": LPFT_LR, "joint_weight": 1.0}}
+LATER_TOP_KEYS = {"seed_offset": 0}
 
 
 def with_later_keys(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
-    """A saved run's settings with the keys added since (`LATER_KEYS`) at the value it ran with."""
+    """A saved run's settings with the keys added since (`LATER_KEYS`, `LATER_TOP_KEYS`) at the value it ran with."""
+    for key, value in LATER_TOP_KEYS.items():
+        if key in wanted:
+            saved.setdefault(key, value)
     for section, keys in LATER_KEYS.items():
         if isinstance(saved.get(section), dict) and isinstance(wanted.get(section), dict):
             for key, value in keys.items():
@@ -198,7 +204,7 @@ def finetune_batch(data: DataConfig, labelled: int) -> int:
     return min(batch, data.batch_size)
 
 
-def probe_backbones(data: DataConfig, arch: str, width: float, seeds: int, out: Path) -> dict[str, Any]:
+def probe_backbones(data: DataConfig, arch: str, width: float, seeds: range, out: Path) -> dict[str, Any]:
     """Linear probe and k-NN of every frozen backbone, fitted on the labelled training images, scored on
     the validation split."""
     import torch
@@ -206,7 +212,7 @@ def probe_backbones(data: DataConfig, arch: str, width: float, seeds: int, out: 
     splits = ImageDataModule(replace(data, label_seed=0), labelled_only=True)
     splits.setup()
     found: dict[str, list[dict[str, float]]] = {"random init": [], **{arm: [] for arm in TEACHERS}}
-    for seed in range(seeds):
+    for seed in seeds:
         torch.manual_seed(seed)
         found["random init"].append(probe_student("random", splits.train_set, splits.val_set, arch=arch, width=width))
         for arm in TEACHERS:
@@ -251,6 +257,10 @@ def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: Diffus
         times = replace(times, finetune_loop=clock_finetune(finetune_config(cfg, data, arch, None, seed=0), times,
                                                             facts.test_images))
     plan, per_epoch = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
+    if saved is None and cfg.time is None:  # the time cached targets save, given back as distillation epochs
+        cfg, budget = raise_for_cache(cfg, budget, lambda c: stage_seconds(c, facts, times, train_teacher_too,
+                                                                           labelled, labelled_n)[0]["distil"])
+        plan, per_epoch = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
     if cfg.time is not None and saved is None:
         cfg, budget = fit_to_time(cfg, budget, plan, per_epoch, parse_duration(cfg.time))
         plan, _ = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
@@ -312,7 +322,7 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
         on_start()
     write_json(out / SETTINGS_FILE, wanted)
     write_json(out / BUDGET_FILE, budget_record(budget))
-    plan = Plan(cfg.seeds, resume)
+    plan = Plan(cfg.seeds, resume, cfg.seed_offset)
     progress = StageProgress(estimate_s, record=out / TIMINGS_FILE)  # earlier invocations' seconds kept
 
     teacher_dir = out / "teacher" / "teacher"
@@ -344,25 +354,32 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     choice = progress.run("choose the teacher layer and t", choose_now, skipped=read_choice(out) is not None)
     print(f"   chosen: {choice.layer}, {choice.mode} input, t = {choice.t} ({choice.reason})")
     cfg = with_cache(cfg, choice, teacher, distill_images(facts, data.val_fraction), data.image_size)
-    replanned = at_layer(choice.layer, cfg)
+    cfg, budget, undone = undo_cache_raise(cfg, budget, cfg.distill.views_for(choice.mode))
+    if undone:
+        print(f"   {undone}", flush=True)
+        write_json(out / BUDGET_FILE, budget_record(budget))
+    chosen = replace(cfg.choice, modes=[choice.mode])  # the estimate now knows which input the distillations read
+    replanned = at_layer(choice.layer, replace(cfg, choice=chosen))
     progress.replan(replanned, after="choose the teacher layer and t")
 
     experiment = Experiment(
         "classification", out, cfg.seeds, resume, compare=labelled, fraction=data.label_fraction,
         distill=lambda init, seed: distill_config(cfg, data, source, arch, choice, init, seed, native),
         finetune=lambda init, seed: finetune_config(cfg, data, arch, init, seed),
-        protocols=tuple(cfg.finetune.protocols), apply=lambda run, name: apply_protocol(run, name, cfg.finetune.settings))
+        protocols=tuple(cfg.finetune.protocols), apply=lambda run, name: apply_protocol(run, name, cfg.finetune.settings),
+        first_seed=cfg.seed_offset)
     probe: dict[str, Any] = {}
 
     def on_the_backbones() -> None:  # between the distillations and the fine-tunes
-        progress.run("export the backbone", lambda: export_backbone(out))
+        progress.run("export the backbone", lambda: export_backbone(out, cfg.seed_offset))
         if labelled:
             probe.update(progress.run("probe the frozen backbones", lambda: probe_backbones(
-                data, arch, cfg.student.width, cfg.seeds, out)))
+                data, arch, cfg.student.width, seed_range(experiment), out)))
 
     compared = run_arms(experiment, progress.run, "distil", "fine-tune the arms", on_the_backbones)
     result: dict[str, Any] = {"data": {**asdict(data), "facts": asdict(facts)}, "choice": asdict(choice),
-                              "teacher": source, "student": {"arch": arch, "width": cfg.student.width}}
+                              "teacher": source, "student": {"arch": arch, "width": cfg.student.width},
+                              "seeds": list(seed_range(experiment if labelled else Plan(1, resume, cfg.seed_offset)))}
     if compared is not None:
         result.update(summary=compared.summary, paired=compared.pairs + probe["paired"], probe=probe["runs"],
                       verdict=compared.verdict, protocols=compared.protocols)
@@ -391,9 +408,9 @@ def card_to(folder: Path, result: dict[str, Any]) -> None:
     pretrain_cards(folder.parent, result.get("teacher"), card_metrics(result))
 
 
-def export_backbone(out: Path) -> None:
-    """RUN/student: the trained teacher's seed-0 student, what a later finetune or embed reads."""
-    source = distill_dir(out, "repfusion", 0) / "student"
+def export_backbone(out: Path, first_seed: int = 0) -> None:
+    """RUN/student: the trained teacher's student of the first seed, what a later finetune or embed reads."""
+    source = distill_dir(out, "repfusion", first_seed) / "student"
     if (out / "student" / "config.json").is_file():
         return
     tmp = staging_dir(out / "student")
