@@ -34,6 +34,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "estimate_check")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--lock", default=None, help="a lock file each pretrain run takes")
+    parser.add_argument("--seeds", type=int, default=3, help="pretrain --seeds")
+    parser.add_argument("--name", default="distill_steps_digits", help="Stem of the result files.")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="pretrain --seed_offset: the first seed (runs on other seeds are named -sK and kept apart)")
     args = parser.parse_args()
     from repfusion.analysis.controls import steps_per_epoch
     from repfusion.analysis.stats import paired_difference
@@ -41,12 +45,13 @@ def main() -> None:
     from repfusion.pipeline.estimate import distill_images
     from repfusion.pipeline.inspect import DataFacts
 
-    rows, record = [], {"command": "python " + shlex.join(["benchmarks/distill_steps_digits.py", *sys.argv[1:]]),
-                        "runs": {}}
+    shown = ["LOCK" if args.lock and arg == args.lock else arg for arg in sys.argv[1:]]  # no machine's path
+    rows, record = [], {"command": "python " + shlex.join(["benchmarks/distill_steps_digits.py", *shown]), "runs": {}}
     for teacher_epochs, epochs, views, feed in RUNS:
-        trained = f"t{teacher_epochs}-e{epochs}-c2" if teacher_epochs else None  # the run that trained it
+        trained = f"t{teacher_epochs}-e{epochs}-c2" if teacher_epochs else None  # the run that trained it (seeds 0-2)
         name = (f"t{teacher_epochs}-" if teacher_epochs else "") + f"e{epochs}-c{views}" + (
-            "" if feed == "choice" else "-" + feed.replace(":", ""))
+            "" if feed == "choice" else "-" + feed.replace(":", "")) + (
+            f"-s{args.seed_offset}" if args.seed_offset or args.seeds != 3 else "")
         run = args.out / "distill_steps_digits" / f"{name}.json"
         if not run.exists():
             work = args.work / f"steps-{name}"
@@ -61,6 +66,7 @@ def main() -> None:
             argv = ["repfusion", "pretrain", "--data.root", str(args.work / "digits"), "--data.label_fraction", "0.1",
                     *teacher, "--distill.epochs", epochs,
                     "--distill.cache_views", views, "--finetune.epochs", "1", "--finetune.protocols", "[plain]",
+                    "--seeds", str(args.seeds), "--seed_offset", str(args.seed_offset),
                     "--trainer.progress", "false", "--run-dir", str(work)]
             subprocess.run((["flock", args.lock] if args.lock else []) + argv, check=True)
             run.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +81,7 @@ def main() -> None:
         steps = int(epochs) * epoch_steps
         record["runs"][name] = {"teacher_epochs": int(teacher_epochs or 12), "epochs": int(epochs),
                                 "cache_views": int(views), "steps": steps, "choice": result["choice"], "probe": probe,
-                                "seeds": list(range(result["config"]["seeds"])),
+                                "seeds": result.get("seeds", list(range(result["config"]["seeds"]))),
                                 "teacher_s": result["timings_s"]["teacher"], "distil_s": result["timings_s"]["distil"],
                                 "paired": {"repfusion - random init": init.as_dict(),
                                            "repfusion - random-teacher": random.as_dict()}}
@@ -86,14 +92,14 @@ def main() -> None:
                     f"{mean['repfusion']:.2f} | "
                     f"{mean['random-teacher']:.2f} | {init.mean:+.2f} [{init.low:+.2f}, {init.high:+.2f}] | "
                     f"{random.mean:+.2f} [{random.low:+.2f}, {random.high:+.2f}] | {result['timings_s']['distil']:.0f} |")
-    write_json(args.out / "distill_steps_digits.json", record)
-    write_text(args.out / "distill_steps_digits.md", "\n".join([
+    write_json(args.out / f"{args.name}.json", record)
+    write_text(args.out / f"{args.name}.md", "\n".join([
         "# Distillation steps on the digits PNG folder: the frozen probe against its random initialisation", "",
         f"Command: `{record['command']}` (after `python benchmarks/estimate_check.py`)", "",
         "1,797 digits as 16 px grayscale PNGs, 1,287 distillation images (10 steps an epoch at batch 128), 143 "
         "labelled training images fit each linear probe, scored on the 143-image validation split; the teacher "
         "input the pretrain chose (label-free: `up_blocks.0`, and the t of largest effective rank there) or the "
-        "one pinned; seeds 0-2 (the run's own), each with its own distillations; 2-core AMD EPYC. Teachers trained "
+        f"one pinned; seeds {args.seed_offset}-{args.seed_offset + args.seeds - 1}, each with its own distillations; 2-core AMD EPYC. Teachers trained "
         "by `pretrain` at its defaults (lr 2e-4, batch 128): 12 epochs (120 steps) end at a training loss of 0.113, "
         "48 at 0.036, 120 at 0.023.", "",
         "| teacher epochs | teacher input | distill epochs | cache views | steps | random init probe (%) | "
