@@ -42,6 +42,7 @@ def main() -> None:
     cfg = PretrainRun(data=DataConfig(**saved["data"]))
     cfg.finetune.epochs, cfg.finetune.lr = saved["finetune"]["epochs"], saved["finetune"]["lr"]
     cfg.student.width, cfg.seeds = saved["student"]["width"], saved["seeds"]
+    seeds = list(range(saved.get("seed_offset", 0), saved.get("seed_offset", 0) + cfg.seeds))  # the run's own seeds
     cfg.trainer = replace(cfg.trainer, progress=False)
     result = json.loads((args.run / "results.json").read_text())
     data, _ = inspect_data(cfg.data, result["data"]["image_size"], auto_flip=False)
@@ -49,7 +50,7 @@ def main() -> None:
     arch = result["student"]["arch"]
     runs: dict[str, dict[float, list[dict]]] = {arm: {s: [] for s in args.scales} for arm in ARMS}
     start = time.time()
-    for seed in range(cfg.seeds):
+    for seed in seeds:
         for arm, teacher in ARMS.items():
             for scale in args.scales:
                 run = finetune_config(cfg, data, arch, distill_dir(args.run, teacher, seed) if teacher else None, seed)
@@ -71,14 +72,14 @@ def main() -> None:
             for s in args.scales}
     out = {"command": "python benchmarks/finetune_backbone_lr.py " + " ".join(
         f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()),
-        "runs": {a: {str(s): v for s, v in d.items()} for a, d in runs.items()}, "chosen": chosen, "paired": pairs,
+        "runs": {a: {str(s): v for s, v in d.items()} for a, d in runs.items()}, "chosen": chosen, "seeds": seeds, "paired": pairs,
         "paired_same_scale": {str(s): v for s, v in same.items()}, "seconds": time.time() - start}
     results = Path(__file__).parent / "results"
     (results / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [f"# Fine-tuning with a smaller backbone learning rate", "", f"Command: `{out['command']}`", "",
              f"The distillations of `{args.run.name}` (`pretrain_cifar_png.md`); fine-tuning {cfg.finetune.epochs} epochs "
              f"at lr {cfg.finetune.lr} (head), backbone at lr x scale, {100 * cfg.data.label_fraction:g} % labels, "
-             f"{cfg.seeds} seeds. Each arm's scale chosen on the validation split; test only reported.", "",
+             f"{cfg.seeds} seeds ({', '.join(map(str, seeds))}). Each arm's scale chosen on the validation split; test only reported.", "",
              "| arm | scale | val top-1 (%) | test top-1 (%) |", "|---|---|---|---|"]
     for arm, scales in runs.items():
         for s, rs in scales.items():
@@ -86,7 +87,7 @@ def main() -> None:
             vals = ", ".join(f"{100 * r['val']:.2f}" for r in rs)
             tests = ", ".join(f"{100 * r['test']:.2f}" for r in rs)
             lines.append(f"| {arm} | {s:g}{mark} | {vals} | {tests} |")
-    lines += ["", "| paired (3 seeds, test top-1, each arm at its chosen scale) | points, 95 % CI |", "|---|---|"]
+    lines += ["", f"| paired ({len(seeds)} seeds, test top-1, each arm at its chosen scale) | points, 95 % CI |", "|---|---|"]
     lines += [f"| {p['a']} - {p['b']} | {format_entry(p)} |" for p in pairs]
     lines += ["", "| paired at one scale for both arms | points, 95 % CI |", "|---|---|"]
     lines += [f"| x{s} repfusion - random-teacher | {format_entry(v[0])} |" for s, v in out["paired_same_scale"].items()]
