@@ -241,3 +241,27 @@ def test_label_free_stages_are_costed_on_the_images_they_train_and_validate_on()
                            finetune_batch=32)
     teacher_epoch = stage_seconds(cfg, facts(), only_steps, True, False, 0)[1]["teacher.epochs"]
     assert teacher_epoch == pytest.approx(steps_per_epoch(2700, 128))  # 3,000 images less the 10 % validation split
+
+
+def test_a_short_first_stage_does_not_rescale_the_long_ones_after_it(monkeypatch):
+    """The time left is the estimate corrected by the measured rate, with the estimate weighing PRIOR_S seconds:
+    a 12 s stage planned at 35 leaves a 2,900 s rest near 2,900 (it had said a third); after a long stage that ran
+    twice its estimate the rest is near doubled."""
+    import repfusion.pipeline.progress as progress
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(progress.time, "time", lambda: clock["now"])
+    said: list[str] = []
+    plan = {"choose": 35.0, "distil": 1500.0, "fine-tune": 1400.0}
+    stages = progress.StageProgress(plan, log=said.append)
+
+    def takes(seconds):
+        return lambda: clock.__setitem__("now", clock["now"] + seconds)
+
+    stages.run("choose", takes(12.0))
+    left = said[-1].split("about ")[1].split(" left")[0]
+    minutes, seconds = map(int, left.split(":"))
+    assert 0.9 * 2900 <= 60 * minutes + seconds <= 2900
+    stages.run("distil", takes(3000.0))
+    minutes, seconds = map(int, said[-1].split("about ")[1].split(" left")[0].split(":"))
+    assert 1.7 * 1400 <= 60 * minutes + seconds <= 2 * 1400
