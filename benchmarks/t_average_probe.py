@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar_transfer import PROBE_LAYER, SHARED, portable, portable_command
+from teacher_layers_cifar import cifar_splits
 
 # each target: the (mode, t, noise seed) points whose pooled features are averaged
 TARGETS = {
@@ -43,17 +44,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", default="t_average_probe", help="Stem of the result files.")
     args = parser.parse_args()
-    if not args.data.exists() or not Path(args.teacher).exists():
-        print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
+    splits = cifar_splits(args.data, args.teacher)
+    if splits is None:
         return
     from repfusion.analysis.probe import linear_probe, pooled_features
-    from repfusion.data import DataConfig, ImageDataModule
     from repfusion.io import write_json, write_text
     from repfusion.teachers import load_teacher
 
-    root = args.data / "cifar-10-batches-py"
-    splits = ImageDataModule(DataConfig(source="cifar", root=str(root if root.is_dir() else args.data), val_fraction=0.1))
-    splits.setup()
     points = sorted({point for target in TARGETS.values() for point in target})
     rows = []
     for name, teacher in (("trained", load_teacher(args.teacher)),

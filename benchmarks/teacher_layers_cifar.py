@@ -22,6 +22,20 @@ LAYERS = ["down_blocks.1", "down_blocks.2", "mid_block", "mid_block.resnets.1.co
           "up_blocks.0", "up_blocks.1.resnets.1", "up_blocks.1", "up_blocks.2.resnets.1"]
 
 
+def cifar_splits(data: Path, teacher: str):
+    """The CIFAR subset set up with the 10 % validation split every benchmark holds out, or None (said) where the
+    data or the teacher of ../shared is absent."""
+    if not data.exists() or not Path(teacher).exists():
+        print(f"skipped: {data} or {teacher} is absent (this benchmark needs ../shared).")
+        return None
+    from repfusion.data import DataConfig, ImageDataModule
+
+    root = data / "cifar-10-batches-py"
+    splits = ImageDataModule(DataConfig(source="cifar", root=str(root if root.is_dir() else data), val_fraction=0.1))
+    splits.setup()
+    return splits
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "cifar10-subset")
@@ -32,17 +46,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--name", default="teacher_layers_cifar", help="Stem of the result files.")
     args = parser.parse_args()
-    if not args.data.exists() or not Path(args.teacher).exists():
-        print(f"skipped: {args.data} or {args.teacher} is absent (this benchmark needs ../shared).")
+    splits = cifar_splits(args.data, args.teacher)
+    if splits is None:
         return
     from repfusion.analysis.probe import probe_gap
-    from repfusion.data import DataConfig, ImageDataModule
     from repfusion.io import write_json, write_text
     from repfusion.teachers import load_teacher
 
-    root = args.data / "cifar-10-batches-py"
-    splits = ImageDataModule(DataConfig(source="cifar", root=str(root if root.is_dir() else args.data), val_fraction=0.1))
-    splits.setup()
     trained, random = load_teacher(args.teacher), load_teacher(args.teacher, init="random", init_seed=0)
     rows = []
     for point in args.points:
