@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_transfer import PROBE_LAYER, SHARED, portable, portable_command
+from cifar_transfer import PROBE_LAYER, SHARED, portable_command
 from teacher_layers_cifar import cifar_splits
 
 # each target: the (mode, t, noise seed) points whose pooled features are averaged
@@ -67,11 +67,12 @@ def main() -> None:
             rows.append({"teacher": name, "target": target, "points": [list(p) for p in parts], "val_probe": accuracy})
             print(f"{name:>7} {target:<40} {100 * accuracy:.2f} %", flush=True)
     command = portable_command()
-    write_json(args.out / f"{args.name}.json", {"command": command, "teacher": portable(args.teacher),
+    teacher = Path(args.teacher).name  # the folder's name: its path is the machine's (../shared when run here)
+    write_json(args.out / f"{args.name}.json", {"command": command, "teacher": teacher,
                                                 "layer": args.layer, "rows": rows})
     get = {(r["teacher"], r["target"]): r["val_probe"] for r in rows}
     lines = ["# Targets averaged over noise levels: what they carry (CIFAR-10 subset)", "", f"Command: `{command}`", "",
-             f"Teacher: `{portable(args.teacher)}` and its random-weight twin (seed 0); layer `{args.layer}` (the one "
+             f"Teacher: `{teacher}` (the shared CIFAR teacher by default) and its random-weight twin (seed 0); layer `{args.layer}` (the one "
              "cifar_transfer distils). Linear probe on pooled features (averaged over the listed points, each with its "
              "own seeded noise), fitted on the training images outside the validation split, scored on the validation "
              "split (10 % of the training images; the test split is not used).", "",
