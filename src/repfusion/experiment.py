@@ -106,6 +106,12 @@ class Experiment:
         task_metric(self.task)  # an unknown task stops here, before anything runs
 
     @property
+    def distilled(self) -> Plan:
+        """What the distillations run (`arms.distill_arms`): every seed, or without labels, where nothing compares
+        the controls, the first seed alone."""
+        return Plan(self.seeds if self.compare else 1, self.resume, self.first_seed)
+
+    @property
     def menu(self) -> Menu:
         metric = self.metric
         return Menu(self.protocols, self.apply, metric.read_val, metric.higher_is_better)
@@ -141,8 +147,7 @@ def run_arms(exp: Experiment, stage: Stage, distill_stage: str, finetune_stage: 
     backbones: export, probes), fine-tune every arm on every seed (`finetune_stage`) and compare them on the
     task's metric. Label-free (`exp.compare` False): the one distillation, `between`, and None."""
     teachers = TEACHERS if exp.compare else {"repfusion": TEACHERS["repfusion"]}
-    plan = exp if exp.compare else Plan(1, exp.resume, exp.first_seed)  # without labels nothing compares the controls
-    stage(distill_stage, lambda: distill_arms(plan, exp.out, exp.distill, teachers))
+    stage(distill_stage, lambda: distill_arms(exp.distilled, exp.out, exp.distill, teachers))
     if between is not None:
         between()
     if not exp.compare:

@@ -256,11 +256,10 @@ def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: Diffus
     if labelled:  # a real fine-tuning of the scratch arm, cut short and clocked, gives its loop's own costs
         times = replace(times, finetune_loop=clock_finetune(finetune_config(cfg, data, arch, None, seed=0), times,
                                                             facts.test_images))
-    plan, per_epoch = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
     if saved is None and cfg.time is None:  # the time cached targets save, given back as distillation epochs
         cfg, budget = raise_for_cache(cfg, budget, lambda c: stage_seconds(c, facts, times, train_teacher_too,
                                                                            labelled, labelled_n)[0]["distil"])
-        plan, per_epoch = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
+    plan, per_epoch = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
     if cfg.time is not None and saved is None:
         cfg, budget = fit_to_time(cfg, budget, plan, per_epoch, parse_duration(cfg.time))
         plan, _ = stage_seconds(cfg, facts, times, train_teacher_too, labelled, labelled_n)
@@ -379,7 +378,7 @@ def run_pretrain(cfg: PretrainRun, run_dir: Path, resume: bool = False,
     compared = run_arms(experiment, progress.run, "distil", "fine-tune the arms", on_the_backbones)
     result: dict[str, Any] = {"data": {**asdict(data), "facts": asdict(facts)}, "choice": asdict(choice),
                               "teacher": source, "student": {"arch": arch, "width": cfg.student.width},
-                              "seeds": list(seed_range(experiment if labelled else Plan(1, resume, cfg.seed_offset)))}
+                              "seeds": list(seed_range(experiment.distilled))}
     if compared is not None:
         result.update(summary=compared.summary, paired=compared.pairs + probe["paired"], probe=probe["runs"],
                       verdict=compared.verdict, protocols=compared.protocols)
