@@ -118,6 +118,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs="+", default=[25, 100])
     parser.add_argument("--name", default="finetune_epochs")
     args = parser.parse_args()
+    missing = [name for name in ("config.yaml", "budget.json", "pretrain.json", "results.json")
+               if not (args.run / name).is_file()]
+    if missing:
+        parser.error(f"--run {args.run} is not a finished `repfusion pretrain` run with labels (no {missing[0]}); "
+                     "give the --run-dir of one.")
     command = (f"python benchmarks/finetune_epochs.py --run {args.run} --work {args.work} --epochs "
                f"{' '.join(map(str, args.epochs))} --name {args.name}")
     rows = []
@@ -129,8 +134,9 @@ def main() -> None:
            "paired": [dict(p, epochs=r["epochs"]) for r in rows for p in r["paired"]]}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
     plot(rows, RESULTS / f"{args.name}.png")
-    (RESULTS / f"{args.name}.md").write_text(markdown(args.name, command, args.run, rows))
-    print(markdown(args.name, command, args.run, rows))
+    text = markdown(args.name, command, args.run, rows)
+    (RESULTS / f"{args.name}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
