@@ -225,6 +225,30 @@ def test_a_small_folder_gets_enough_distillation_steps():
     assert given.distill.epochs == 3
 
 
+def test_a_small_label_budget_gets_enough_fine_tuning_steps():
+    """25 epochs of 8 steps left every arm short of converged on the digits folder and the CIFAR folder at 10 %
+    labels (validation top-1 rose at 100 epochs); the budget raises the fine-tuning epochs it fills to
+    MIN_FINETUNE_STEPS steps, at most MAX_FINETUNE_RAISE times, keeps a given count, and leaves many labels alone."""
+    from repfusion.analysis.controls import steps_per_epoch
+    from repfusion.pipeline.budget import MAX_FINETUNE_RAISE, MIN_FINETUNE_STEPS
+    from repfusion.pipeline.config import FinetuneBudget
+
+    cpu = BUDGETS["cpu"].finetune_epochs
+    steps = steps_per_epoch(4500, 128)  # 35 steps: 25 epochs fall just short of the floor
+    some, said = apply_budget(PretrainRun(), on_gpu=False, finetune_epoch_steps=steps)
+    assert some.finetune.epochs * steps >= MIN_FINETUNE_STEPS > (some.finetune.epochs - 1) * steps
+    assert said.filled["finetune.epochs"] == some.finetune.epochs > cpu and "fine-tuning" in said.reason
+    digits, _ = apply_budget(PretrainRun(), on_gpu=False, finetune_epoch_steps=steps_per_epoch(143, 16))
+    assert digits.finetune.epochs == MAX_FINETUNE_RAISE * cpu  # 8 steps an epoch: capped at what was measured
+    many, said_many = apply_budget(PretrainRun(), on_gpu=False, finetune_epoch_steps=steps_per_epoch(45_000, 128))
+    assert many.finetune.epochs == cpu and "fine-tuning" not in said_many.reason
+    given, _ = apply_budget(PretrainRun(finetune=FinetuneBudget(epochs=3)), on_gpu=False,
+                            finetune_epoch_steps=steps_per_epoch(143, 16))
+    assert given.finetune.epochs == 3
+    unknown, _ = apply_budget(PretrainRun(), on_gpu=False)
+    assert unknown.finetune.epochs == cpu
+
+
 def test_label_free_stages_are_costed_on_the_images_they_train_and_validate_on():
     """Every stage holds data.val_fraction out, labelled or not (ImageDataModule.setup): a label-free run's one
     distillation costs what each of a labelled run's does, and the teacher steps over the training images only."""
