@@ -8,13 +8,13 @@ trainer would use. On a small folder an epoch is a few steps (1,287 digits at ba
 distillation epochs are raised until each distillation takes `MIN_DISTILL_STEPS` steps (at most `MAX_EPOCH_RAISE`
 times the budget's epochs): with 60 steps the distilled student's frozen probe on a digits folder sat 3 points under
 its random initialisation, with 240 it sat 4.4 above (benchmarks/results/distill_steps_digits.md). The same holds
-for fine-tuning on a small label budget (143 labelled digits at batch 16: 8 steps an epoch, the last partial batch dropped): its epochs are raised
-until each fine-tuning takes `MIN_FINETUNE_STEPS` steps (at most `MAX_FINETUNE_RAISE` times the budget's): at 100
-epochs instead of 25 every arm's validation top-1 rose on the digits folder (RepFusion 90.2 -> 94.7 %) and on the
-CIFAR folder at 10 % labels (44.3 -> 45.1 %), and stayed level at 1 % (benchmarks/results/finetune_epochs_*.md). Where the
-teacher's targets will be cached, the time the cache saves is given back as more distillation epochs
-(`raise_for_cache`, decided with the estimate, undone after the layer choice if the chosen input is not cached), so
-the run takes about as long as with the teacher every step. A wall-time target (`time: 30min`) instead scales every
+for fine-tuning on a small label budget (143 labelled digits at batch 16: 8 steps an epoch, the last partial batch
+dropped): its epochs are raised until each fine-tuning takes `MIN_FINETUNE_STEPS` steps (at most
+`MAX_FINETUNE_RAISE` times the budget's): at 100 epochs instead of 25 every arm's validation top-1 rose on the digits
+folder (RepFusion 90.2 -> 94.7 %) and on the CIFAR folder at 10 % labels (44.3 -> 45.1 %), and stayed level at 1 %
+(benchmarks/results/finetune_epochs_*.md). Where the teacher's targets will be cached, the time the cache saves is
+given back as more distillation epochs (`raise_for_cache`, decided with the estimate, undone after the layer choice
+if the chosen input is not cached), so the run takes about as long as with the teacher every step. A wall-time target (`time: 30min`) instead scales every
 epoch count it did not get from the user so that the up-front estimate (`estimate.py`) fits the target. Values given
 on the command line or in YAML are never changed: the budget fills only what is left null.
 """
