@@ -15,9 +15,10 @@ dropped): its epochs are raised until each fine-tuning takes `MIN_FINETUNE_STEPS
 folder (RepFusion 90.2 -> 94.7 %) and on the CIFAR folder at 10 % labels (44.3 -> 45.1 %), and stayed level at 1 %
 (benchmarks/results/finetune_epochs_*.md). Where the teacher's targets will be cached, the time the cache saves is
 given back as more distillation epochs (`raise_for_cache`, decided with the estimate, undone after the layer choice
-if the chosen input is not cached), so the run takes about as long as with the teacher every step. A wall-time target (`time: 30min`) instead scales every
-epoch count it did not get from the user so that the up-front estimate (`estimate.py`) fits the target. Values given
-on the command line or in YAML are never changed: the budget fills only what is left null.
+if the chosen input is not cached), so the run takes about as long as with the teacher every step. A wall-time
+target (`time: 30min`) instead scales every epoch count it did not get from the user so that the up-front estimate
+(`estimate.py`) fits the target. Values given on the command line or in YAML are never changed: the budget fills
+only what is left null.
 """
 
 from __future__ import annotations

@@ -243,13 +243,14 @@ def estimate(cfg: PretrainRun, facts: DataFacts, data: DataConfig, shape: Diffus
     on_gpu = accelerated(cfg.trainer.accelerator)
     # the label cut as a count (labelled_images() would read the folder again; an estimate needs no exact count)
     labelled_n = max(1, round(facts.train_images * (1 - data.val_fraction) * data.label_fraction)) if labelled else 0
-    finetune_batch_size = cfg.finetune.batch_size or finetune_batch(data, labelled_n)  # the budget fills no batch
+    distill_batch_size = cfg.distill.batch_size or data.batch_size  # the budget fills no batch
+    finetune_batch_size = cfg.finetune.batch_size or finetune_batch(data, labelled_n)
     finetune_steps = steps_per_epoch(labelled_n, finetune_batch_size) if labelled else None
     cfg, budget = apply_budget(cfg, on_gpu, steps_per_epoch(distill_images(facts, data.val_fraction),
-                                                            cfg.distill.batch_size or data.batch_size), finetune_steps)
+                                                            distill_batch_size), finetune_steps)
     if saved is not None:
         cfg, budget = with_saved_budget(cfg, saved), BudgetChoice(**saved)
-    times = time_models(shape, arch, cfg.student.width, data.image_size, cfg.distill.batch_size or data.batch_size,
+    times = time_models(shape, arch, cfg.student.width, data.image_size, distill_batch_size,
                         finetune_batch_size, max(2, facts.classes),
                         train_teacher_too, torch.device("cuda" if on_gpu else "cpu"),
                         layers=cfg.choice.layers or candidate_layers(shape))
