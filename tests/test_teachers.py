@@ -24,6 +24,26 @@ def test_celebahq_preset_mid_block_width():
     assert 113e6 < n_params(unet) < 114.5e6
 
 
+def test_medium_preset_keeps_small_layer_names_at_double_width():
+    """medium-32 stands in for small-32 as a stronger CIFAR teacher: the same layers (so a layer chosen on one
+    names a layer of the other), twice the channels, and a pipeline may train it itself."""
+    from repfusion.pipeline.config import PIPELINE_PRESETS, TeacherChoice
+    from repfusion.pipeline.inspect import PRESET_SIZES
+
+    small, medium = unet_from_preset("small-32"), unet_from_preset("medium-32")
+    assert n_params(medium) == 6_472_195
+    layer_names = lambda unet: {name.split(".")[0] + "." + name.split(".")[1]  # noqa: E731
+                                for name, _ in unet.named_modules() if name.count(".") >= 1}
+    assert layer_names(small) == layer_names(medium)
+    x, t = torch.rand(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)
+    scheduler = __import__("repfusion").teachers.default_scheduler()
+    small_map = DiffusionTeacher(small, scheduler)(x, t, ("up_blocks.0",))["up_blocks.0"]
+    medium_map = DiffusionTeacher(medium, scheduler)(x, t, ("up_blocks.0",))["up_blocks.0"]
+    assert medium_map.shape[1] == 2 * small_map.shape[1] and medium_map.shape[2:] == small_map.shape[2:]
+    assert "medium-32" in PIPELINE_PRESETS and PRESET_SIZES["medium-32"] == 32
+    TeacherChoice(preset="medium-32")  # accepted: trained on the folder when no source is given
+
+
 def test_truncated_features_equal_full_forward_exactly():
     teacher = load_teacher("ddpm-cifar10-32")
     x = torch.rand(3, 3, 32, 32)

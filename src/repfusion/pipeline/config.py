@@ -18,7 +18,7 @@ from ..section import Section, finite_number, whole_number
 from ..tasks.protocols import LPFT_LR, ProtocolSettings, check_protocols
 from ..training import TrainerConfig
 
-PIPELINE_PRESETS = ("tiny-16", "small-32")  # the DDPMs the pipeline trains itself when no teacher is given
+PIPELINE_PRESETS = ("tiny-16", "small-32", "medium-32")  # the DDPMs the pipeline trains itself when no teacher is given
 
 
 def _check_count(value: object, key: str, budget_may_fill: bool) -> None:

@@ -17,7 +17,7 @@ from ..data.datamodule import SINGLE_FOLDER_TEST, single_folder
 from ..data.datasets import GRAY_MODES, IMAGE_ERRORS, base_dataset
 from ..data.folder_labels import labels_kind
 
-PRESET_SIZES = {"tiny-16": 16, "small-32": 32}  # what a teacher trained here takes
+PRESET_SIZES = {"tiny-16": 16, "small-32": 32, "medium-32": 32}  # what a teacher trained here takes
 
 
 @dataclass
