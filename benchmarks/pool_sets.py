@@ -19,13 +19,13 @@ import argparse
 import json
 from pathlib import Path
 
-from repfusion.analysis.stats import paired_difference
+from repfusion.analysis.controls import format_entry, paired_entry
+from repfusion.arms import CONTROLS
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).parent.parent
-ARMS = ("scratch", "scratch-equal", "random-teacher", "repfusion")
-PAIRS = (("repfusion", "random-teacher"), ("repfusion", "scratch"), ("repfusion", "scratch-equal"))
-PROBE_PAIRS = (("repfusion", "random-teacher"), ("repfusion", "random init"))
+ARMS = ("repfusion", *CONTROLS)
+PROBE_CONTROLS = ("random-teacher", "random init")  # the frozen probes a pretrain run reports
 
 
 def relative(path: Path) -> str:
@@ -37,8 +37,13 @@ def relative(path: Path) -> str:
 
 
 def read_set(spec: str, probe_from: str | None) -> dict:
-    """One seed set: its seeds, every arm's test top-1 per seed (in %) and the frozen probes per seed (in %)."""
+    """One seed set: its seeds, every arm's test top-1 per seed and the frozen probes per seed (fractions)."""
     path_text, _, epochs = spec.partition("@")
+    for given in (path_text, probe_from):
+        if given is not None and not Path(given).is_file():
+            raise SystemExit(f"error: {given} is not a file; give a results JSON of a finished run.")
+    if epochs and not epochs.isdigit():
+        raise SystemExit(f"error: {spec} names epochs {epochs!r}; write RESULTS.json@EPOCHS with a whole number.")
     data = json.loads(Path(path_text).read_text())
     if epochs:
         rows = [row for row in data["rows"] if row["epochs"] == int(epochs)]
@@ -55,21 +60,19 @@ def read_set(spec: str, probe_from: str | None) -> dict:
         probe, source = probe_data["probe"], [relative(Path(path_text)), relative(Path(probe_from))]
     else:
         seeds, summary, probe, source = data["seeds"], data["summary"], data["probe"], [relative(Path(path_text))]
-    test = {arm: [100 * value for value in summary[arm]["runs"]] for arm in ARMS}
-    probes = {arm: [100 * run["linear_probe"] for run in probe[arm]] for arm in probe}
+    test = {arm: summary[arm]["runs"] for arm in ARMS}
+    probes = {arm: [run["linear_probe"] for run in probe[arm]] for arm in probe}
     return {"spec": spec, "source": source, "seeds": seeds, "test_top1": test, "val_probe": probes}
 
 
 def pairs(test: dict[str, list[float]], probes: dict[str, list[float]]) -> list[dict]:
-    """The report's paired differences, test top-1 and frozen probe, as dicts."""
-    out = [{"a": a, "b": b, "metric": "test_top1", **paired_difference(test[a], test[b]).as_dict()} for a, b in PAIRS]
-    out += [{"a": a, "b": b, "metric": "val_probe", **paired_difference(probes[a], probes[b]).as_dict()}
-            for a, b in PROBE_PAIRS]
-    return out
+    """The report's paired differences, test top-1 and frozen probe, as a results file's `paired` rows."""
+    return ([paired_entry("repfusion", b, test["repfusion"], test[b], "test_top1") for b in CONTROLS]
+            + [paired_entry("repfusion", b, probes["repfusion"], probes[b], "val_probe") for b in PROBE_CONTROLS])
 
 
 def line(pair: dict) -> str:
-    return f"{pair['a']} - {pair['b']} ({pair['metric']}): {pair['mean']:+.2f} [{pair['low']:+.2f}, {pair['high']:+.2f}]"
+    return f"{pair['a']} - {pair['b']} ({pair['metric']}): {format_entry(pair)}"
 
 
 def main() -> None:
@@ -93,7 +96,7 @@ def main() -> None:
         "seeds": seeds,
         "sets": [{"spec": one["spec"], "source": one["source"], "seeds": one["seeds"],
                   "paired": pairs(one["test_top1"], one["val_probe"])} for one in sets],
-        "means": {arm: sum(values) / len(values) for arm, values in test.items()},
+        "means": {arm: 100 * sum(values) / len(values) for arm, values in test.items()},
         "paired": pairs(test, probes),
     }
     RESULTS.mkdir(exist_ok=True)
